@@ -1,0 +1,91 @@
+"""The public Python API; every CLI command is a few lines over one of these functions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import load_file
+from .errors import InvalidRequest
+from .evaluate.verify import Thresholds, certify, write_certificate
+from .forget import ForgetResult, forget
+from .ledger import IngestResult, ModelRow
+from .scenarios import get_scenario
+from .train.recipe import Recipe
+from .train.trainer import train as _train
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ForgetResult", "erase", "forget", "ingest_file", "ingest_scenario", "train", "verify"]
+
+
+def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
+    """Ingest a bundled scenario's sources; the workspace remembers it for its effect probe."""
+    scenario = get_scenario(name)
+    current = ws.scenario
+    if current is not None and current != name:
+        raise InvalidRequest(f"this workspace already holds scenario {current!r}; use a new workspace for {name!r}")
+    results = []
+    for src in scenario.sources():
+        source = ws.ledger.add_source(src.name, src.license, src.origin, src.consent)
+        results.append(ws.ledger.add_records(source, src.records))
+    ws.ledger.set_meta("scenario", name)
+    return results
+
+
+def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, origin: str = "",
+                label: str = "label", attributes: Sequence[str] = (), split: str = "train") -> IngestResult:
+    """Ingest a CSV or NPZ file as records of ``source`` (created if new) under ``license``."""
+    records = load_file(path, label=label, attributes=attributes, split=split)
+    if not license:
+        raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")
+    src = ws.ledger.find_source(source) or ws.ledger.add_source(source, license, origin or str(path))
+    if src.license != license:
+        raise InvalidRequest(f"source {source!r} already exists with licence {src.license!r}, not {license!r}")
+    return ws.ledger.add_records(src, records)
+
+
+def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
+    """Train a recipe (object or TOML file) on the workspace's ledger; returns the new model's row."""
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.load(recipe)
+    return _train(ws, recipe)
+
+
+def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Verify an unlearned model against its parent and a retrained reference; returns the certificate.
+
+    If the request's records were already erased, the forget-set figures cannot be measured again: the certificate
+    recorded at erasure time is returned after re-checking the weights' sha256, and its files are rewritten.
+    """
+    row = ws.ledger.model(model_id)
+    if row.kind != "unlearned" or row.request_id is None or row.parent is None:
+        raise InvalidRequest(f"model {model_id} is not the result of an erasure request; verify compares an "
+                             "unlearned model with its parent and a model retrained without the forgotten records")
+    req = ws.ledger.request(row.request_id)
+    child_model, _, task = ws.load_model(model_id)
+    if req.status == "erased":
+        stored = req.results.get("certificates", {}).get(model_id)
+        if stored is None:
+            raise InvalidRequest(f"request {req.id}'s records were erased without verification; nothing is left "
+                                 "to verify the forget set against (use --defer-erase next time)")
+        write_certificate(ws, stored)
+        return stored
+    parent = ws.ledger.model(row.parent)
+    parent_model, _, _ = ws.load_model(parent.id)
+    cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
+                   forget_ids=parent.records & req.records, request_id=req.id, method=row.method or "",
+                   config=row.info.get("config", {}), thresholds=thresholds)
+    results = dict(req.results)
+    results.setdefault("certificates", {})[model_id] = cert
+    ws.ledger.set_request_results(req.id, results)
+    write_certificate(ws, cert)
+    return cert
+
+
+def erase(ws: Workspace, request_id: int) -> None:
+    """Erase the payloads of a request made with ``erase=False`` (held records), keeping tombstones."""
+    ws.ledger.erase(request_id)

@@ -1,0 +1,124 @@
+"""Loaders for user files: CSV (one row per record) and NPZ (arrays ``x`` and ``y``)."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DisgorgeError
+from ..ledger import NewRecord
+
+
+class DataFileError(DisgorgeError):
+    """A data file that cannot be read as asked."""
+
+
+def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str] = (),
+             split: str = "train") -> list[NewRecord]:
+    """Rows of a CSV with a header: numeric feature columns, an integer ``label`` column, optional attributes.
+
+    Attribute columns (group labels such as ``sex``) are kept as strings and are not features.
+    """
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DataFileError(f"data file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFileError(f"cannot read {p} as CSV: {exc}") from None
+    if not header:
+        raise DataFileError(f"{p} is empty; a CSV needs a header row and at least one data row")
+    header = [h.strip() for h in header]
+    if label not in header:
+        raise DataFileError(f"{p} has no label column {label!r} (columns: {', '.join(header)}); pass --label NAME")
+    missing = [a for a in attributes if a not in header]
+    if missing:
+        raise DataFileError(f"{p} has no attribute column(s) {', '.join(missing)}")
+    li = header.index(label)
+    ai = [header.index(a) for a in attributes]
+    fi = [i for i in range(len(header)) if i != li and i not in ai]
+    if not fi:
+        raise DataFileError(f"{p} has no feature columns besides the label and attributes")
+    out = []
+    for n, row in enumerate(rows, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataFileError(f"{p} line {n}: {len(row)} fields, the header has {len(header)}")
+        try:
+            x = np.array([float(row[i]) for i in fi], dtype=np.float32)
+        except ValueError:
+            bad = next(header[i] for i in fi if not _is_float(row[i]))
+            raise DataFileError(f"{p} line {n}: column {bad!r} is not numeric; list text columns with "
+                                f"--attribute or drop them") from None
+        y = _label(row[li], p, n)
+        if not np.isfinite(x).all():
+            raise DataFileError(f"{p} line {n}: features must be finite numbers")
+        out.append(NewRecord({"x": x, "y": np.array([y], dtype=np.int64)},
+                             {a: row[i] for a, i in zip(attributes, ai)}, split))
+    if not out:
+        raise DataFileError(f"{p} has a header but no data rows")
+    return out
+
+
+def load_npz(path: str | Path, *, split: str = "train") -> list[NewRecord]:
+    """Records from an ``.npz`` holding ``x`` (N, ...) features and ``y`` (N,) integer labels (no pickles)."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DataFileError(f"data file {p} does not exist") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataFileError(f"cannot read {p} as NPZ: {exc}") from None
+    x = arrays.get("x", arrays.get("X"))
+    y = arrays.get("y")
+    if x is None or y is None:
+        raise DataFileError(f"{p} must hold arrays 'x' and 'y' (it has: {', '.join(arrays) or 'none'})")
+    if len(x) != len(y) or y.ndim != 1:
+        raise DataFileError(f"{p}: 'x' has {len(x)} rows and 'y' has shape {y.shape}; need x (N, ...) and y (N,)")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataFileError(f"{p}: 'y' must hold integer class labels, not {y.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise DataFileError(f"{p}: 'x' must hold finite numbers")
+    if (y < 0).any():
+        raise DataFileError(f"{p}: labels must be >= 0")
+    return [NewRecord({"x": x[i].astype(np.float32), "y": np.array([y[i]], dtype=np.int64)}, {}, split)
+            for i in range(len(x))]
+
+
+def load_file(path: str | Path, *, label: str = "label", attributes: Sequence[str] = (),
+              split: str = "train") -> list[NewRecord]:
+    """Dispatch on the file's extension (``.csv`` or ``.npz``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return load_csv(p, label=label, attributes=attributes, split=split)
+    if suffix == ".npz":
+        return load_npz(p, split=split)
+    raise DataFileError(f"cannot ingest {p}: supported files are .csv and .npz")
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _label(s: str, p: Path, n: int) -> int:
+    try:
+        v = float(s)
+    except ValueError:
+        raise DataFileError(f"{p} line {n}: label {s!r} is not an integer class") from None
+    if v != int(v) or v < 0:
+        raise DataFileError(f"{p} line {n}: label {s!r} is not a non-negative integer class")
+    return int(v)

@@ -1,0 +1,66 @@
+"""Verification figures, as functions of per-example outputs (percent, as the papers print them).
+
+Definitions follow DESIGN.md: UA = 100 - forget accuracy; RA/TA = retain/test accuracy; MIA-efficacy is SalUn's
+(an RBF SVC, C=3, on the true-class confidence, trained on retain members vs test non-members, applied to the
+forget set: the share predicted non-member); the loss-threshold MIA AUC separates forget from test by loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.svm import SVC
+
+GAP_KEYS = ("ua", "ra", "ta", "mia_efficacy")
+
+
+def accuracy(correct: np.ndarray) -> float:
+    """Mean of 0/1 correctness, in percent (NaN for no examples)."""
+    return float(np.mean(correct) * 100) if len(correct) else float("nan")
+
+
+def mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np.ndarray, *, seed: int = 0) -> float:
+    """SalUn's MIA-efficacy: share (percent) of forget examples an SVC on confidence calls non-members.
+
+    The SVC is fitted on a random subset of retain (members) as large as the test set (non-members), as SalUn does.
+    """
+    if len(conf_forget) == 0 or len(conf_test) == 0 or len(conf_retain) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    n = min(len(conf_test), len(conf_retain))
+    members = conf_retain[rng.choice(len(conf_retain), size=n, replace=False)]
+    x = np.concatenate([members, conf_test]).reshape(-1, 1)
+    y = np.concatenate([np.ones(n), np.zeros(len(conf_test))])
+    clf = SVC(C=3, gamma="auto", kernel="rbf")
+    clf.fit(x, y)
+    return float((1 - clf.predict(conf_forget.reshape(-1, 1)).mean()) * 100)
+
+
+def mia_auc(loss_forget: np.ndarray, loss_test: np.ndarray) -> float:
+    """Loss-threshold MIA: ROC AUC (percent) of -loss separating forget (members) from test (non-members).
+
+    50 means the forget set looks like unseen data; 100 means it is perfectly recognisable.
+    """
+    if len(loss_forget) == 0 or len(loss_test) == 0:
+        return float("nan")
+    y = np.concatenate([np.ones(len(loss_forget)), np.zeros(len(loss_test))])
+    return float(roc_auc_score(y, -np.concatenate([loss_forget, loss_test])) * 100)
+
+
+def avg_gap(method: Mapping[str, float], reference: Mapping[str, float], keys: tuple[str, ...] = GAP_KEYS) -> float:
+    """Mean absolute difference to the retrained reference over UA, RA, TA and MIA-efficacy."""
+    return float(np.mean([abs(method[k] - reference[k]) for k in keys]))
+
+
+def split_figures(forget: Mapping[str, np.ndarray], retain: Mapping[str, np.ndarray],
+                  test: Mapping[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
+    """UA, RA, TA, MIA-efficacy and loss-threshold MIA AUC from per-example outputs of one model."""
+    return {
+        "ua": 100 - accuracy(forget["correct"]),
+        "ra": accuracy(retain["correct"]),
+        "ta": accuracy(test["correct"]),
+        "mia_efficacy": mia_efficacy(retain["confidence"], test["confidence"], forget["confidence"], seed=seed),
+        "mia_auc": mia_auc(forget["loss"], test["loss"]),
+    }

@@ -1,0 +1,210 @@
+"""Verification: compare an unlearned model with its parent and a model retrained without the forget set."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from pyroaring import BitMap
+from torch import nn
+
+from .._io import atomic_write_text
+from ..errors import InvalidRequest
+from ..ledger import ModelRow
+from ..scenarios import SCENARIOS, get_scenario
+from ..tasks import RecordDataset, Task, get_task
+from ..train.recipe import Recipe
+from ..train.trainer import fit_recipe, save_model
+from .metrics import GAP_KEYS, avg_gap, split_figures
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits of a certificate, in percentage points."""
+
+    effect_gap: float = 5.0
+    ta_drop: float = 3.0
+    ra_drop: float = 5.0
+    mia_gap: float = 10.0
+    avg_gap: float = 5.0
+
+
+def measure(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset, test: RecordDataset,
+            scenario: str | None, *, seed: int = 0) -> dict[str, float | None]:
+    """UA, RA, TA, MIA-efficacy, MIA AUC and the scenario's effect probe for one model."""
+    outs = [task.evaluate(model, d) for d in (forget, retain, test)]
+    figures: dict[str, float | None] = dict(split_figures(*outs, seed=seed))
+    figures["effect"] = get_scenario(scenario).effect(model, task, test) if scenario in SCENARIOS else None
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 4))
+            for k, v in figures.items()}
+
+
+def ensure_reference(ws: Any, parent: ModelRow, retain_ids: BitMap) -> tuple[nn.Module, ModelRow]:
+    """The model retrained from the parent's recipe on ``retain_ids``: from the cache, or trained now and cached."""
+    cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids)
+    if cached is not None:
+        model, row, _ = ws.load_model(cached.id)
+        return model, row
+    recipe = Recipe.from_toml(parent.recipe, where=f"model {parent.id}'s recipe")
+    task = get_task(parent.task)
+    log.info("training the reference: %s's recipe on %d retained records", parent.id, len(retain_ids))
+    model, result = fit_recipe(task, recipe, ws.dataset(task, retain_ids), parent.info["data"])
+    info = {"data": parent.info["data"], "fit": {"steps": result.steps, "epochs": result.epochs}}
+    row = save_model(ws, model=model, recipe=recipe, records=retain_ids, info=info, kind="reference",
+                     seconds=result.seconds, parent=parent.id, method="retrain")
+    ws.ledger.insert_model(row)
+    return model, row
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, child: ModelRow,
+            child_model: nn.Module, forget_ids: BitMap, request_id: int, method: str,
+            config: dict[str, Any], thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Measure original, unlearned and reference models and return the certificate (a JSON-ready dict)."""
+    thresholds = thresholds or Thresholds()
+    retain_ids = parent.records - forget_ids
+    reference_model, reference = ensure_reference(ws, parent, retain_ids)
+    forget = ws.dataset(task, forget_ids)
+    retain = ws.dataset(task, retain_ids)
+    test = ws.dataset(task, ws.test_ids())
+    if len(test) == 0:
+        raise InvalidRequest("verification needs held-out records (split 'test'); ingest some with --split test")
+    metrics = {name: measure(task, m, forget, retain, test, ws.scenario)
+               for name, m in (("original", parent_model), ("unlearned", child_model),
+                               ("reference", reference_model))}
+    gaps = {name: round(avg_gap(metrics[name], metrics["reference"]), 4) for name in ("original", "unlearned")}
+    changed = not _same_weights(parent_model, child_model)
+    checks = _checks(metrics, gaps["unlearned"], thresholds, changed)
+    seconds = {"method": round(child.seconds, 4), "retrain": round(reference.seconds, 4)}
+    return {
+        "format": "disgorge-certificate/1",
+        "request": request_id,
+        "method": method,
+        "config": config,
+        "scenario": ws.scenario,
+        "effect": _effect_meta(ws.scenario),
+        "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},
+        "models": {
+            "parent": {"id": parent.id, "sha256": parent.weights_sha256},
+            "child": {"id": child.id, "sha256": child.weights_sha256},
+            "reference": {"id": reference.id, "sha256": reference.weights_sha256},
+        },
+        "metrics": metrics,
+        "avg_gap": gaps["unlearned"],
+        "avg_gap_original": gaps["original"],
+        "changed": changed,
+        "seconds": seconds,
+        "time_ratio": round(seconds["method"] / seconds["retrain"], 4) if seconds["retrain"] > 0 else None,
+        "thresholds": asdict(thresholds),
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks.values()),
+    }
+
+
+def _effect_meta(scenario: str | None) -> dict[str, str] | None:
+    if scenario not in SCENARIOS:
+        return None
+    s = get_scenario(scenario)
+    return {"name": s.effect_name, "help": s.effect_help} if s.effect_name else None
+
+
+def _checks(metrics: dict[str, dict[str, float | None]], gap: float, t: Thresholds,
+            changed: bool) -> dict[str, dict[str, Any]]:
+    u, r = metrics["unlearned"], metrics["reference"]
+    checks: dict[str, dict[str, Any]] = {
+        "changed": {"value": changed, "limit": True, "passed": changed},
+        "avg_gap": {"value": gap, "limit": t.avg_gap, "passed": gap <= t.avg_gap},
+    }
+
+    def diff(name: str, value: float | None, limit: float) -> None:
+        if value is not None:
+            checks[name] = {"value": round(value, 4), "limit": limit, "passed": value <= limit}
+
+    diff("ta_drop", _sub(r["ta"], u["ta"]), t.ta_drop)
+    diff("ra_drop", _sub(r["ra"], u["ra"]), t.ra_drop)
+    diff("mia_gap", _abs(_sub(u["mia_efficacy"], r["mia_efficacy"])), t.mia_gap)
+    diff("effect_gap", _abs(_sub(u["effect"], r["effect"])), t.effect_gap)
+    return checks
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _abs(a: float | None) -> float | None:
+    return None if a is None else abs(a)
+
+
+def write_certificate(ws: Any, certificate: dict[str, Any]) -> dict[str, str]:
+    """Write ``certificate.json`` and ``certificate.md`` under ``reports/r<request>/<child>/``; return the paths."""
+    folder = ws.report_dir(certificate["request"]) / certificate["models"]["child"]["id"]
+    json_path, md_path = folder / "certificate.json", folder / "certificate.md"
+    atomic_write_text(json_path, json.dumps(certificate, indent=2) + "\n")
+    atomic_write_text(md_path, render_markdown(certificate))
+    return {"json": str(json_path), "markdown": str(md_path)}
+
+
+ROW_LABELS = {"ua": "UA (forget error)", "ra": "RA (retain acc.)", "ta": "TA (test acc.)",
+              "mia_efficacy": "MIA-efficacy", "mia_auc": "MIA AUC (loss)", "effect": "effect"}
+
+
+def figure_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(label, original, unlearned, reference) rows of a certificate's figures, formatted."""
+    m = certificate["metrics"]
+    eff = (certificate.get("effect") or {}).get("name")
+    rows = []
+    for key in FIGURES:
+        if all(m[col][key] is None for col in m):
+            continue
+        label = eff.replace("_", " ") if key == "effect" and eff else ROW_LABELS[key]
+        rows.append((label, *(_fmt(m[col][key]) for col in ("original", "unlearned", "reference"))))
+    rows.append(("Avg Gap to reference", _fmt(certificate["avg_gap_original"]), _fmt(certificate["avg_gap"]), "0.00"))
+    return rows
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def render_markdown(c: dict[str, Any]) -> str:
+    """The human-readable certificate."""
+    verdict = "PASSED" if c["passed"] else "FAILED"
+    lines = [
+        f"# Unlearning certificate: request {c['request']} — {verdict}",
+        "",
+        f"Method `{c['method']}` turned model `{c['models']['parent']['id']}` into "
+        f"`{c['models']['child']['id']}`, forgetting {c['records']['forgotten']} records; "
+        f"reference `{c['models']['reference']['id']}` was retrained without them "
+        f"({c['records']['retained']} records). Figures in percent; held-out set of {c['records']['test']}.",
+        "",
+        "| figure | original | unlearned | retrained reference |",
+        "|---|---:|---:|---:|",
+        *[f"| {a} | {b} | {d} | {e} |" for a, b, d, e in figure_rows(c)],
+        "",
+        f"Time: {c['seconds']['method']:.2f} s for the method, {c['seconds']['retrain']:.2f} s to retrain "
+        f"(ratio {c['time_ratio']}).",
+        "",
+        "| check | value | limit | result |",
+        "|---|---:|---:|---|",
+        *[f"| {k} | {v['value']} | {v['limit']} | {'pass' if v['passed'] else 'FAIL'} |"
+          for k, v in c["checks"].items()],
+        "",
+        "Weights sha256: "
+        + "; ".join(f"{k} `{v['id']}` {v['sha256']}" for k, v in c["models"].items()),
+        "",
+    ]
+    if not c["changed"]:
+        lines.insert(2, "**The method changed nothing: the unlearned weights equal the original's.**\n")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Erasure requests: unlearn every affected model, verify, then erase the records' payloads.
+
+Order of work, so that a failure at any step erases nothing and leaves no half-written model:
+1. resolve the selection and the affected models (errors here change nothing);
+2. unlearn each affected model and write its child folder (folders are invisible until the ledger names them);
+3. verify each child against a retrained reference (references are clean models and are cached as they are made);
+4. one ledger transaction records the request and the children, supersedes the parents, and erases the payloads
+   (secure_delete) leaving tombstones; certificate files are written after it, from what the ledger holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from .errors import InvalidRequest
+from .evaluate.verify import Thresholds, certify, write_certificate
+from .ledger import ModelRow
+from .methods import UnlearnRequest, get_method
+from .train.recipe import Recipe
+from .train.trainer import save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ForgetResult:
+    """What an erasure request did."""
+
+    request_id: int
+    records: int
+    children: list[ModelRow] = field(default_factory=list)
+    certificates: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, dict[str, str]] = field(default_factory=dict)
+    erased: bool = True
+
+
+def select(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (), random_fraction: float | None = None,
+           seed: int = 0) -> BitMap:
+    """Record ids named by sources, explicit ids, or a random share of the live training records."""
+    if not sources and not records and random_fraction is None:
+        raise InvalidRequest("name what to forget: --source NAME, --records IDS or --random FRACTION")
+    ids = BitMap()
+    for name in sources:
+        found = ws.ledger.record_ids(sources=[name], split=None, states=("active", "held"))
+        if not found:
+            raise InvalidRequest(f"source {name!r} has no records left to forget (already erased?)")
+        ids |= found
+    if records:
+        ids |= ws.ledger.check_ids(records)
+    if random_fraction is not None:
+        if not 0 < random_fraction < 1:
+            raise InvalidRequest(f"--random takes a fraction in (0, 1), got {random_fraction}")
+        pool = np.array(ws.ledger.record_ids(split="train"), dtype=np.int64)
+        k = max(1, round(random_fraction * len(pool)))
+        ids |= BitMap(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
+    if not ids:
+        raise InvalidRequest("the selection is empty: it names no live records")
+    return ids
+
+
+def affected_models(ws: Any, ids: BitMap, model: str | None = None) -> list[ModelRow]:
+    """The active models whose lineage contains any of ``ids`` (or just the named one)."""
+    if model is not None:
+        row = ws.ledger.model(model)
+        if row.kind == "reference":
+            raise InvalidRequest(f"model {model} is a verification reference, not a model to unlearn")
+        if row.status != "active":
+            raise InvalidRequest(f"model {model} was superseded by an earlier erasure; unlearn its newest descendant "
+                                 "instead (see `disgorge models`)")
+        if not row.records & ids:
+            raise InvalidRequest(f"model {model} was not trained on any of the selected records")
+        return [row]
+    return [m for m in ws.ledger.models(kinds=("trained", "unlearned"), status="active") if m.records & ids]
+
+
+def forget(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (), random_fraction: float | None = None,
+           seed: int = 0, model: str | None = None, method: str = "finetune", options: dict[str, Any] | None = None,
+           reason: str = "", verify: bool = True, erase: bool = True,
+           thresholds: Thresholds | None = None) -> ForgetResult:
+    """Remove the selected records' effect from every model that saw them, verify, then erase them."""
+    ids = select(ws, sources=sources, records=records, random_fraction=random_fraction, seed=seed)
+    unlearner = get_method(method, **(options or {}))
+    parents = affected_models(ws, ids, model)
+    for p in parents:
+        if not p.records - ids:
+            raise InvalidRequest(f"the selection covers the whole training set of model {p.id}; nothing would be "
+                                 "left to learn from. Retire the model instead of unlearning it")
+    supersede = [p.id for p in parents] + [r.id for r in ws.ledger.models(kinds=("reference",), status="active")
+                                           if r.records & ids]
+    selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
+                "random_fraction": random_fraction, "seed": seed, "model": model}
+    request_id = ws.ledger.reserve_request_id()
+    children: list[ModelRow] = []
+    certificates: list[dict[str, Any]] = []
+    try:
+        for parent in parents:
+            child, cert = _unlearn_one(ws, parent, ids, unlearner, request_id, verify, thresholds)
+            children.append(child)
+            if cert is not None:
+                certificates.append(cert)
+        results = {"children": [c.id for c in children],
+                   "certificates": {c["models"]["child"]["id"]: c for c in certificates}}
+        ws.ledger.commit_request(request_id=request_id, selector=selector, reason=reason, method=method,
+                                 records=ids, affected=[p.id for p in parents], children=children,
+                                 supersede=supersede, results=results, erase=erase)
+    except BaseException:
+        for child in children:
+            shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
+        raise
+    paths = {c["models"]["child"]["id"]: write_certificate(ws, c) for c in certificates}
+    log.info("request %d: %d records, %d model(s) unlearned, erased=%s", request_id, len(ids), len(children), erase)
+    return ForgetResult(request_id, len(ids), children, certificates, paths, erase)
+
+
+def _unlearn_one(ws: Any, parent: ModelRow, ids: BitMap, unlearner: Any, request_id: int, verify: bool,
+                 thresholds: Thresholds | None) -> tuple[ModelRow, dict[str, Any] | None]:
+    parent_model, _, task = ws.load_model(parent.id)
+    recipe = Recipe.from_toml(parent.recipe, where=f"model {parent.id}'s recipe")
+    forget_ids, retain_ids = parent.records & ids, parent.records - ids
+    request = UnlearnRequest(task=task, forget=ws.dataset(task, forget_ids), retain=ws.dataset(task, retain_ids),
+                             train=recipe.train, data_info=parent.info["data"], seed=recipe.seed)
+    log.info("unlearning %d records from %s with %s", len(forget_ids), parent.id, unlearner.name)
+    child_model = unlearner.unlearn(parent_model, request)
+    fit_result = getattr(unlearner, "fit_result_", None)
+    info: dict[str, Any] = {"data": parent.info["data"], "config": unlearner.config.to_dict()}
+    if fit_result is not None:
+        info["fit"] = {"steps": fit_result.steps, "epochs": fit_result.epochs, "stopped": fit_result.stopped,
+                       "rollbacks": fit_result.rollbacks}
+    child = save_model(ws, model=child_model, recipe=recipe, records=retain_ids, info=info, kind="unlearned",
+                       seconds=unlearner.seconds_, parent=parent.id, method=unlearner.name, request_id=request_id)
+    if not verify:
+        return child, None
+    try:
+        cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=child,
+                       child_model=child_model, forget_ids=forget_ids, request_id=request_id,
+                       method=unlearner.name, config=unlearner.config.to_dict(), thresholds=thresholds)
+    except BaseException:
+        shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
+        raise
+    return child, cert

@@ -1,0 +1,494 @@
+"""The ledger: one SQLite database (WAL mode) that is the single source of truth about data and models."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
+from . import bitmap as bm
+from . import payload as pl
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+SPLITS = ("train", "test")
+
+
+def now() -> str:
+    """Current UTC time as ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who or what a group of records came from."""
+
+    id: int
+    name: str
+    license: str
+    origin: str
+    consent: str
+    created_at: str
+
+
+@dataclass
+class NewRecord:
+    """A record before ingest: its content fields, group attributes and split."""
+
+    fields: dict[str, np.ndarray]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored training datum (``fields`` is None once erased)."""
+
+    id: int
+    source: str
+    hash: str
+    fields: dict[str, np.ndarray] | None
+    attributes: dict[str, Any]
+    split: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A model as the ledger knows it."""
+
+    id: str
+    parent: str | None
+    kind: str
+    status: str
+    task: str
+    recipe: str
+    recipe_sha256: str
+    weights_sha256: str
+    records: BitMap
+    method: str | None
+    request_id: int | None
+    seconds: float
+    info: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """An erasure request."""
+
+    id: int
+    selector: dict[str, Any]
+    reason: str
+    method: str
+    status: str
+    records: BitMap
+    affected: list[str]
+    results: dict[str, Any]
+    created_at: str
+    completed_at: str | None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest did: the new record ids and how many exact duplicates were skipped."""
+
+    source: str
+    added: BitMap
+    duplicates: int
+
+
+class Ledger:
+    """SQLite-backed ledger of sources, records, models, erasure requests and tombstones.
+
+    ``key`` is the workspace secret used to HMAC record content, so hashes cannot be matched across workspaces.
+    """
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path = Path(path)
+        self._key = key
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise IntegrityError(f"ledger {self.path} is not a readable SQLite database ({exc})") from None
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version stored in the database."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise DisgorgeError(
+                f"ledger schema version {version} is newer than this disgorge understands ({SCHEMA_VERSION});"
+                " upgrade disgorge"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for stmt in _statements(MIGRATIONS[v]):
+                    self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version={v + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file and truncate it (so deleted bytes leave the WAL too)."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def hash_content(self, data: bytes) -> str:
+        """HMAC-SHA256 of a record's canonical content bytes under the workspace key."""
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    # -- meta -----------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        """A workspace-level setting."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a workspace-level setting."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                       (key, value))
+
+    # -- sources --------------------------------------------------------------------------------------
+    def add_source(self, name: str, license: str, origin: str = "", consent: str = "granted") -> Source:
+        """Register a source (idempotent when the licence matches)."""
+        if not name or not name.strip():
+            raise InvalidRequest("a source needs a non-empty name; pass --source NAME")
+        if not license or not license.strip():
+            raise InvalidRequest(f"source {name!r} needs a licence; pass --license (an SPDX id such as CC-BY-4.0)")
+        existing = self.find_source(name)
+        if existing is not None:
+            if existing.license != license:
+                raise InvalidRequest(
+                    f"source {name!r} already exists with licence {existing.license!r}, not {license!r};"
+                    " use another source name"
+                )
+            return existing
+        with self.transaction() as db:
+            db.execute("INSERT INTO sources(name, license, origin, consent, created_at) VALUES(?,?,?,?,?)",
+                       (name, license, origin, consent, now()))
+        return self.source(name)
+
+    def find_source(self, name: str) -> Source | None:
+        """The source called ``name``, or None."""
+        row = self._db.execute("SELECT * FROM sources WHERE name=?", (name,)).fetchone()
+        return Source(**dict(row)) if row else None
+
+    def source(self, name: str) -> Source:
+        """The source called ``name``; raises :class:`NotFound` with the known names."""
+        src = self.find_source(name)
+        if src is None:
+            names = [s.name for s in self.sources()]
+            hint = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "") if names else "none yet"
+            raise NotFound(f"no source named {name!r} in this workspace (known: {hint}); see `disgorge sources`")
+        return src
+
+    def sources(self) -> list[Source]:
+        """All sources, in creation order."""
+        return [Source(**dict(r)) for r in self._db.execute("SELECT * FROM sources ORDER BY id")]
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Per source name, the number of records in each state."""
+        out: dict[str, dict[str, int]] = {s.name: {} for s in self.sources()}
+        q = ("SELECT s.name, r.state, COUNT(*) FROM records r JOIN sources s ON s.id=r.source_id "
+             "GROUP BY s.name, r.state")
+        for name, state, n in self._db.execute(q):
+            out[name][state] = n
+        return out
+
+    # -- records --------------------------------------------------------------------------------------
+    def add_records(self, source: Source, records: Iterable[NewRecord]) -> IngestResult:
+        """Ingest records under ``source`` in one transaction.
+
+        Exact duplicates of live records are skipped and counted. Content matching a tombstone (erased earlier)
+        is refused: the whole ingest is rolled back and nothing changes.
+        """
+        rows = []
+        for rec in records:
+            if rec.split not in SPLITS:
+                raise InvalidRequest(f"split must be one of {SPLITS}, got {rec.split!r}")
+            data = pl.encode(rec.fields)
+            rows.append((self.hash_content(data), data, json.dumps(rec.attributes, sort_keys=True), rec.split))
+        if not rows:
+            raise InvalidRequest(f"nothing to ingest into source {source.name!r}: the input has no records")
+        added = BitMap()
+        duplicates = 0
+        stamp = now()
+        with self.transaction() as db:
+            hashes = [r[0] for r in rows]
+            erased = self._count_in(db, "SELECT COUNT(*) FROM tombstones WHERE hash IN ({})", hashes)
+            if erased:
+                raise InvalidRequest(
+                    f"{erased} of these records match content erased by an earlier request (tombstones);"
+                    " erased data can never be ingested again: remove them from the input"
+                )
+            seen: set[str] = set()
+            for h, data, attrs, split in rows:
+                if h in seen or db.execute(
+                        "SELECT 1 FROM records WHERE hash=? AND state!='erased'", (h,)).fetchone():
+                    duplicates += 1
+                    continue
+                seen.add(h)
+                cur = db.execute(
+                    "INSERT INTO records(source_id, hash, payload, attributes, split, created_at) "
+                    "VALUES(?,?,?,?,?,?)", (source.id, h, data, attrs, split, stamp))
+                added.add(int(cur.lastrowid))
+        return IngestResult(source.name, added, duplicates)
+
+    @staticmethod
+    def _count_in(db: sqlite3.Connection, query: str, values: Sequence[Any], chunk: int = 900) -> int:
+        total = 0
+        for i in range(0, len(values), chunk):
+            part = list(values[i:i + chunk])
+            total += db.execute(query.format(",".join("?" * len(part))), part).fetchone()[0]
+        return total
+
+    def record_ids(self, *, sources: Sequence[str] | None = None, exclude_sources: Sequence[str] = (),
+                   split: str | None = "train", states: Sequence[str] = ("active",)) -> BitMap:
+        """Ids of records matching a selector (source names, split, states)."""
+        q = "SELECT r.id FROM records r JOIN sources s ON s.id=r.source_id WHERE 1=1"
+        args: list[Any] = []
+        if split is not None:
+            q += " AND r.split=?"
+            args.append(split)
+        if states:
+            q += f" AND r.state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        if sources:
+            for name in sources:
+                self.source(name)
+            q += f" AND s.name IN ({','.join('?' * len(sources))})"
+            args += list(sources)
+        if exclude_sources:
+            for name in exclude_sources:
+                self.source(name)
+            q += f" AND s.name NOT IN ({','.join('?' * len(exclude_sources))})"
+            args += list(exclude_sources)
+        return BitMap(r[0] for r in self._db.execute(q, args))
+
+    def check_ids(self, ids: Iterable[int]) -> BitMap:
+        """Return ``ids`` as a bitmap after checking they all exist and are not erased yet."""
+        wanted = bm.to_bitmap(ids)
+        if not wanted:
+            raise InvalidRequest("the selection is empty: name at least one record id or source")
+        found: dict[int, str] = {}
+        values = list(wanted)
+        for i in range(0, len(values), 900):
+            part = values[i:i + 900]
+            for rid, state in self._db.execute(
+                    f"SELECT id, state FROM records WHERE id IN ({','.join('?' * len(part))})", part):
+                found[rid] = state
+        missing = [i for i in values if i not in found]
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise NotFound(f"{len(missing)} record id(s) do not exist in this workspace: {shown}")
+        erased = [i for i in values if found[i] == "erased"]
+        if erased:
+            shown = ", ".join(map(str, erased[:5])) + (" ..." if len(erased) > 5 else "")
+            raise InvalidRequest(f"{len(erased)} record(s) were already erased: {shown}")
+        return wanted
+
+    def records(self, ids: Iterable[int], *, with_payload: bool = True) -> list[Record]:
+        """The records with these ids, in id order."""
+        values = sorted(int(i) for i in ids)
+        out: list[Record] = []
+        cols = "r.id, s.name, r.hash, r.payload, r.attributes, r.split, r.state" if with_payload else \
+            "r.id, s.name, r.hash, NULL, r.attributes, r.split, r.state"
+        for i in range(0, len(values), 900):
+            part = values[i:i + 900]
+            q = (f"SELECT {cols} FROM records r JOIN sources s ON s.id=r.source_id "
+                 f"WHERE r.id IN ({','.join('?' * len(part))}) ORDER BY r.id")
+            for rid, src, h, data, attrs, split, state in self._db.execute(q, part):
+                out.append(Record(rid, src, h, pl.decode(data) if data is not None else None,
+                                  json.loads(attrs), split, state))
+        if len(out) != len(values):
+            raise NotFound(f"{len(values) - len(out)} of the requested record ids do not exist")
+        return out
+
+    def count_records(self) -> dict[str, int]:
+        """Number of records per state."""
+        return {s: n for s, n in self._db.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
+
+    # -- models ---------------------------------------------------------------------------------------
+    def _reserve(self, counter: str) -> int:
+        with self.transaction() as db:
+            db.execute("INSERT INTO counters(name, value) VALUES(?, 1) "
+                       "ON CONFLICT(name) DO UPDATE SET value=value+1", (counter,))
+            return int(db.execute("SELECT value FROM counters WHERE name=?", (counter,)).fetchone()[0])
+
+    def reserve_model_id(self) -> str:
+        """Allocate a model id that is never reused, even if the model is never committed."""
+        return f"m{self._reserve('model')}"
+
+    def reserve_request_id(self) -> int:
+        """Allocate an erasure request id that is never reused."""
+        return self._reserve("request")
+
+    def insert_model(self, row: ModelRow) -> None:
+        """Insert a model row (inside the caller's transaction, if any)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO models(id, parent, kind, status, task, recipe, recipe_sha256, weights_sha256, records,"
+                " n_records, method, request_id, seconds, info, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.id, row.parent, row.kind, row.status, row.task, row.recipe, row.recipe_sha256,
+                 row.weights_sha256, bm.dumps(row.records), len(row.records), row.method, row.request_id,
+                 row.seconds, json.dumps(row.info, sort_keys=True), row.created_at))
+
+    @staticmethod
+    def _model(r: sqlite3.Row) -> ModelRow:
+        d = dict(r)
+        d.pop("n_records")
+        d["records"] = bm.loads(d["records"])
+        d["info"] = json.loads(d["info"])
+        return ModelRow(**d)
+
+    def find_model(self, model_id: str) -> ModelRow | None:
+        """The model with this id, or None."""
+        r = self._db.execute("SELECT * FROM models WHERE id=?", (model_id,)).fetchone()
+        return self._model(r) if r else None
+
+    def model(self, model_id: str) -> ModelRow:
+        """The model with this id; raises :class:`NotFound`."""
+        m = self.find_model(model_id)
+        if m is None:
+            raise NotFound(f"no model {model_id!r} in this workspace; see `disgorge models`")
+        return m
+
+    def models(self, *, kinds: Sequence[str] = ("trained", "unlearned", "reference"),
+               status: str | None = None) -> list[ModelRow]:
+        """Models of the given kinds (and status), oldest first."""
+        q = f"SELECT * FROM models WHERE kind IN ({','.join('?' * len(kinds))})"
+        args: list[Any] = list(kinds)
+        if status:
+            q += " AND status=?"
+            args.append(status)
+        q += " ORDER BY created_at, CAST(SUBSTR(id, 2) AS INTEGER)"
+        return [self._model(r) for r in self._db.execute(q, args)]
+
+    def find_reference(self, recipe_sha256: str, records: BitMap) -> ModelRow | None:
+        """A cached reference model trained with this recipe on exactly these records."""
+        for r in self._db.execute("SELECT * FROM models WHERE kind IN ('reference', 'unlearned', 'trained') "
+                                  "AND recipe_sha256=? AND n_records=?", (recipe_sha256, len(records))):
+            m = self._model(r)
+            if m.records == records and (m.kind == "reference" or m.method == "retrain" or m.kind == "trained"):
+                return m
+        return None
+
+    # -- requests and erasure -------------------------------------------------------------------------
+    def request(self, request_id: int) -> RequestRow:
+        """The erasure request with this id; raises :class:`NotFound`."""
+        r = self._db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        if r is None:
+            raise NotFound(f"no erasure request {request_id} in this workspace; see `disgorge requests`")
+        d = dict(r)
+        d.pop("n_records")
+        d["records"] = bm.loads(d["records"])
+        for k in ("selector", "affected", "results"):
+            d[k] = json.loads(d[k])
+        return RequestRow(**d)
+
+    def requests(self) -> list[RequestRow]:
+        """All erasure requests, oldest first."""
+        return [self.request(r[0]) for r in self._db.execute("SELECT id FROM requests ORDER BY id")]
+
+    def commit_request(self, *, request_id: int, selector: dict[str, Any], reason: str, method: str,
+                       records: BitMap, affected: list[str], children: list[ModelRow], supersede: list[str],
+                       results: dict[str, Any], erase: bool) -> None:
+        """Record an erasure request and its child models in one transaction.
+
+        Models in ``supersede`` (the parents, and cached references that saw the records) are marked superseded.
+        With ``erase`` the records' payloads are deleted (secure_delete) and tombstones kept; otherwise the records
+        are held (excluded from training, kept for verification) until :meth:`erase`.
+        """
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO requests(id, selector, reason, method, status, records, n_records, affected, results,"
+                " created_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (request_id, json.dumps(selector, sort_keys=True), reason, method, "held", bm.dumps(records),
+                 len(records), json.dumps(affected), json.dumps(results, sort_keys=True), stamp))
+            for child in children:
+                self.insert_model(child)
+            for model_id in supersede:
+                db.execute("UPDATE models SET status='superseded' WHERE id=?", (model_id,))
+            self._set_state(db, records, "held")
+            if erase:
+                self._erase(db, request_id, records, stamp)
+        if erase:
+            self.checkpoint()
+
+    def erase(self, request_id: int) -> None:
+        """Delete the payloads of a held request's records and keep tombstones."""
+        req = self.request(request_id)
+        if req.status == "erased":
+            raise InvalidRequest(f"request {request_id} is already erased")
+        with self.transaction() as db:
+            self._erase(db, request_id, req.records, now())
+        self.checkpoint()
+
+    def set_request_results(self, request_id: int, results: dict[str, Any]) -> None:
+        """Replace the stored results (e.g. certificate paths) of a request."""
+        with self.transaction() as db:
+            db.execute("UPDATE requests SET results=? WHERE id=?", (json.dumps(results, sort_keys=True),
+                                                                    request_id))
+
+    def _set_state(self, db: sqlite3.Connection, ids: BitMap, state: str) -> None:
+        values = list(ids)
+        for i in range(0, len(values), 900):
+            part = values[i:i + 900]
+            db.execute(f"UPDATE records SET state=? WHERE id IN ({','.join('?' * len(part))})", [state, *part])
+
+    def _erase(self, db: sqlite3.Connection, request_id: int, ids: BitMap, stamp: str) -> None:
+        values = list(ids)
+        for i in range(0, len(values), 900):
+            part = values[i:i + 900]
+            marks = ",".join("?" * len(part))
+            db.execute(f"INSERT OR IGNORE INTO tombstones(hash, record_id, request_id, erased_at) "
+                       f"SELECT hash, id, ?, ? FROM records WHERE id IN ({marks})", [request_id, stamp, *part])
+            db.execute(f"UPDATE records SET payload=NULL, state='erased' WHERE id IN ({marks})", part)
+        db.execute("UPDATE requests SET status='erased', completed_at=? WHERE id=?", (stamp, request_id))
+
+    def tombstone_count(self) -> int:
+        """How many erased contents are remembered."""
+        return int(self._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0])
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

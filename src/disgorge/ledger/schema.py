@@ -1,0 +1,76 @@
+"""SQLite schema of the ledger, as an ordered list of migrations (``PRAGMA user_version`` is the version)."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sources (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        license    TEXT NOT NULL,
+        origin     TEXT NOT NULL DEFAULT '',
+        consent    TEXT NOT NULL DEFAULT 'granted',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE records (
+        id         INTEGER PRIMARY KEY,
+        source_id  INTEGER NOT NULL REFERENCES sources(id),
+        hash       TEXT NOT NULL,
+        payload    BLOB,
+        attributes TEXT NOT NULL DEFAULT '{}',
+        split      TEXT NOT NULL CHECK (split IN ('train', 'test')),
+        state      TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'held', 'erased')),
+        created_at TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX records_live_hash ON records(hash) WHERE state != 'erased';
+    CREATE INDEX records_source ON records(source_id);
+    CREATE TABLE models (
+        id             TEXT PRIMARY KEY,
+        parent         TEXT REFERENCES models(id),
+        kind           TEXT NOT NULL CHECK (kind IN ('trained', 'unlearned', 'reference')),
+        status         TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded')),
+        task           TEXT NOT NULL,
+        recipe         TEXT NOT NULL,
+        recipe_sha256  TEXT NOT NULL,
+        weights_sha256 TEXT NOT NULL,
+        records        BLOB NOT NULL,
+        n_records      INTEGER NOT NULL,
+        method         TEXT,
+        request_id     INTEGER REFERENCES requests(id),
+        seconds        REAL NOT NULL,
+        info           TEXT NOT NULL DEFAULT '{}',
+        created_at     TEXT NOT NULL
+    );
+    CREATE INDEX models_reference ON models(kind, recipe_sha256);
+    CREATE TABLE requests (
+        id           INTEGER PRIMARY KEY,
+        selector     TEXT NOT NULL,
+        reason       TEXT NOT NULL DEFAULT '',
+        method       TEXT NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('held', 'erased')),
+        records      BLOB NOT NULL,
+        n_records    INTEGER NOT NULL,
+        affected     TEXT NOT NULL,
+        results      TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        completed_at TEXT
+    );
+    CREATE TABLE tombstones (
+        hash       TEXT PRIMARY KEY,
+        record_id  INTEGER NOT NULL,
+        request_id INTEGER NOT NULL REFERENCES requests(id),
+        erased_at  TEXT NOT NULL
+    );
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

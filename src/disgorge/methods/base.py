@@ -1,0 +1,180 @@
+"""The Method protocol: one unlearning algorithm, a typed ``Config`` and one ``unlearn(model, request)`` entry."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import tomli_w
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import DisgorgeError, InvalidRequest
+from ..tasks import RecordDataset, Task
+from ..train.loop import FitResult, warm_up
+from ..train.recipe import TrainSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(DisgorgeError):
+    """A method configuration value that is out of range or unknown."""
+
+
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           choices: tuple[Any, ...] | None = None) -> Any:
+    """A config field with help text and a range that ``MethodConfig.__post_init__`` checks."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+
+
+@dataclass
+class MethodConfig:
+    """Base class of every method's ``Config``: typed fields with help text, validated on creation."""
+
+    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
+    max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None:
+                if f.default is not None:
+                    raise ConfigError(f"{self._where(f.name)} must be set")
+                continue
+            numeric = meta.get("low") is not None or meta.get("high") is not None
+            if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{self._where(f.name)} must be a number, got {value!r}")
+            if isinstance(f.default, int) and not isinstance(f.default, bool) and not isinstance(value, int):
+                raise ConfigError(f"{self._where(f.name)} must be an integer, got {value!r}")
+            if meta.get("low") is not None and value < meta["low"]:
+                raise ConfigError(f"{self._where(f.name)} must be >= {meta['low']}, got {value!r}")
+            if meta.get("high") is not None and value > meta["high"]:
+                raise ConfigError(f"{self._where(f.name)} must be <= {meta['high']}, got {value!r}")
+            if meta.get("choices") is not None and value not in meta["choices"]:
+                raise ConfigError(f"{self._where(f.name)} must be one of "
+                                  f"{', '.join(map(str, meta['choices']))}, got {value!r}")
+
+    def _where(self, name: str) -> str:
+        return f"option {name}"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """Build from plain values, refusing unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (None fields left out, as TOML has no null)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def to_toml(self) -> str:
+        """TOML text of the config."""
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> MethodConfig:
+        """Inverse of :meth:`to_toml`."""
+        return cls.from_dict(tomllib.loads(text))
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+@dataclass
+class UnlearnRequest:
+    """What a method needs to forget: the task, the forget and retain data, and the original training settings.
+
+    A user with their own model builds this from their own datasets; the workspace builds it from the ledger.
+    """
+
+    task: Task
+    forget: RecordDataset
+    retain: RecordDataset
+    train: TrainSpec = field(default_factory=TrainSpec)
+    data_info: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def loader(self, which: str, *, batch_size: int | None = None, shuffle: bool = True) -> DataLoader:
+        """A seeded DataLoader over ``forget`` or ``retain``."""
+        data = getattr(self, which)
+        generator = torch.Generator().manual_seed(self.seed + (0 if which == "retain" else 1))
+        return self.task.loader(data, batch_size or self.train.batch_size, shuffle=shuffle, generator=generator)
+
+    def cycle(self, which: str, *, batch_size: int | None = None) -> Iterator[Any]:
+        """Endless batches from ``forget`` or ``retain`` (reshuffled each pass)."""
+        loader = self.loader(which, batch_size=batch_size)
+        while True:
+            yield from loader
+
+
+class Method(ABC):
+    """An unlearning method. Parameters go in ``Config``; ``unlearn`` does the work and leaves the input intact.
+
+    After ``unlearn``, ``fit_result_`` and ``seconds_`` describe the run (scikit-learn's trailing underscore).
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    summary: ClassVar[str]
+    paper: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ConfigError("pass either a Config or keyword options, not both")
+        self.config = config if config is not None else self.Config.from_dict(options)
+        if not isinstance(self.config, self.Config):
+            raise ConfigError(f"method {self.name!r} takes a {self.Config.__qualname__}, got {type(config).__name__}")
+
+    def check(self, request: UnlearnRequest) -> None:
+        """Refuse, before running, a request this method cannot serve."""
+        missing = sorted(self.needs - request.task.capabilities - {"retain", "forget"})
+        if missing:
+            raise InvalidRequest(f"method {self.name!r} needs {', '.join(missing)}, which task "
+                                 f"{request.task.name!r} does not offer; pick another method (`disgorge methods`)")
+        if "retain" in self.needs and len(request.retain) == 0:
+            raise InvalidRequest(f"method {self.name!r} needs retain data and none is left")
+        if "forget" in self.needs and len(request.forget) == 0:
+            raise InvalidRequest(f"method {self.name!r} needs forget data and the forget set is empty")
+
+    def unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
+        """Return a new model with the forget set's effect removed; ``model`` itself is not changed."""
+        self.check(request)
+        warm_up()
+        start = time.perf_counter()
+        work = copy.deepcopy(model)
+        with torch.random.fork_rng():
+            torch.manual_seed(request.seed)
+            out = self._unlearn(work, request)
+        self.seconds_ = time.perf_counter() - start
+        out.eval()
+        return out
+
+    @abstractmethod
+    def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
+        """The algorithm, on a private copy of the model; sets ``self.fit_result_``."""
+
+    fit_result_: FitResult
+    seconds_: float

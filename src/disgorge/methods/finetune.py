@@ -1,0 +1,37 @@
+"""``finetune``: continue training on the retain set only, so the forget set's effect fades (catastrophic forgetting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from ..train.loop import fit, make_optimizer, mean_loss
+from .base import Method, MethodConfig, UnlearnRequest, option
+from .registry import register
+
+
+@register
+class Finetune(Method):
+    """Fine-tune on the retain set (FT in Warnecke et al., NDSS 2023; Golatkar et al., CVPR 2020 baseline)."""
+
+    name: ClassVar[str] = "finetune"
+    family: ClassVar[str] = "fine-tune"
+    summary: ClassVar[str] = "keep training on the retain set only, at a raised learning rate"
+    paper: ClassVar[str] = "Warnecke et al., Machine Unlearning of Features and Labels, NDSS 2023 (FT baseline)"
+    needs: ClassVar[frozenset[str]] = frozenset({"retain"})
+
+    @dataclass
+    class Config(MethodConfig):
+        """Fine-tuning settings."""
+
+        epochs: int = option(10, "passes over the retain set", low=1)
+        lr: float = option(1e-2, "learning rate (the recipe's optimiser)", low=0)
+
+    def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
+        optimizer = make_optimizer(model.parameters(), request.train, lr=self.config.lr)
+        self.fit_result_ = fit(model, request.loader("retain"), mean_loss(request.task), optimizer,
+                               epochs=self.config.epochs, max_steps=self.config.max_steps,
+                               max_seconds=self.config.max_seconds, description="finetune")
+        return model

@@ -1,0 +1,75 @@
+"""The model store: one immutable folder per model (safetensors weights, recipe copy, config, model card)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .._io import fsync_dir, sha256_bytes
+from ..errors import IntegrityError
+
+WEIGHTS = "model.safetensors"
+
+
+def serialize_weights(model: nn.Module, model_id: str) -> tuple[bytes, str]:
+    """The safetensors bytes of a model's state dict and their SHA-256."""
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    data = st_save(state, metadata={"format": "pt", "disgorge_model": model_id})
+    return data, sha256_bytes(data)
+
+
+def write_model_dir(models_dir: Path, model_id: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` into ``models_dir/model_id`` atomically (temp folder + fsync + rename), read-only.
+
+    The folder either appears complete or not at all.
+    """
+    final = models_dir / model_id
+    if final.exists():
+        raise IntegrityError(f"model folder {final} already exists; models are immutable")
+    tmp = models_dir / f".tmp-{model_id}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        for name, content in files.items():
+            path = tmp / name
+            with open(path, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(path, 0o444)
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(models_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[str, torch.Tensor]:
+    """Load a model's weights after checking them against the SHA-256 recorded in the ledger."""
+    path = models_dir / model_id / WEIGHTS
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"model {model_id}: weights file {path} is missing; restore it from a backup "
+                             f"or retrain the model") from None
+    if sha256_bytes(data) != expected_sha256:
+        raise IntegrityError(f"model {model_id}: weights do not match their recorded sha256 (tampered or corrupt);"
+                             f" restore {path} from a backup or retrain with `disgorge train`")
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for malformed headers
+        raise IntegrityError(f"model {model_id}: weights file {path} is not valid safetensors ({exc})") from None
+
+
+def remove_orphans(models_dir: Path) -> None:
+    """Delete temp folders left by a crash mid-write (they were never committed)."""
+    for tmp in models_dir.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)

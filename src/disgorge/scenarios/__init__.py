@@ -1,0 +1,16 @@
+"""Bundled scenarios: real data shipped inside installed packages, nothing downloaded at run time."""
+
+from .._registry import Registry
+
+SCENARIOS: Registry = Registry("scenario", "see `disgorge scenarios`")
+
+from .base import Scenario, SourceData  # noqa: E402
+from .digits import DigitsBackdoor, DigitsConsent  # noqa: E402
+
+
+def get_scenario(name: str) -> Scenario:
+    """An instance of the scenario registered as ``name``."""
+    return SCENARIOS.get(name)()
+
+
+__all__ = ["SCENARIOS", "DigitsBackdoor", "DigitsConsent", "Scenario", "SourceData", "get_scenario"]

@@ -1,0 +1,49 @@
+"""Scenarios: bundled, reproducible cases with real data, a default recipe and a known effect to remove."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..ledger import NewRecord
+from ..tasks import RecordDataset, Task
+from ..train.recipe import Recipe
+
+
+@dataclass
+class SourceData:
+    """One source of a scenario and its records."""
+
+    name: str
+    license: str
+    origin: str
+    records: list[NewRecord] = field(default_factory=list)
+    consent: str = "granted"
+
+
+class Scenario(ABC):
+    """A bundled case: its sources, a default recipe, the default erasure request and an effect probe."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    effect_name: ClassVar[str | None] = None
+    effect_help: ClassVar[str] = ""
+
+    @abstractmethod
+    def sources(self) -> list[SourceData]:
+        """The scenario's data, deterministically generated or read from an installed package."""
+
+    @abstractmethod
+    def recipe(self) -> Recipe:
+        """The default training recipe."""
+
+    @abstractmethod
+    def forget_selector(self) -> dict[str, Any]:
+        """The default erasure request: ``{"sources": [...]}`` or ``{"records": [...]}``."""
+
+    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
+        """The scenario's effect probe on held-out data (percent), or None when it has none."""
+        return None

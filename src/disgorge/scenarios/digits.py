@@ -1,0 +1,119 @@
+"""Scenarios on scikit-learn's bundled handwritten digits (1,797 real 8x8 images, UCI optdigits)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ledger import NewRecord
+from ..tasks import RecordDataset, Task
+from ..train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
+from . import SCENARIOS
+from .base import Scenario, SourceData
+
+N_CONTRIBUTORS = 20
+LICENSE = "CC-BY-4.0"
+ORIGIN = "scikit-learn load_digits (UCI ML optical recognition of handwritten digits)"
+HELDOUT = "digits-heldout"
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images scaled to [0, 1], labels, a stratified 80/20 split and a contributor per training image."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    contributor = np.random.default_rng(0).permutation(len(idx_train)) % N_CONTRIBUTORS
+    return x, y, idx_train, idx_test, contributor
+
+
+def contributor_name(i: int) -> str:
+    """Source name of contributor ``i``."""
+    return f"contributor-{i:02d}"
+
+
+def default_recipe(name: str) -> Recipe:
+    """The digits MLP: memorises its training set (train accuracy 100%) and generalises at ~97%."""
+    return Recipe(name=name, task="classification", seed=0, data=DataSpec(),
+                  model=ModelSpec("mlp", {"hidden": [128]}),
+                  train=TrainSpec(optimizer="adam", lr=1e-3, batch_size=32, epochs=30))
+
+
+class _Digits(Scenario):
+    withdrawn: ClassVar[int] = 7
+
+    def _transform(self, x: np.ndarray, y: int, contributor: int) -> tuple[np.ndarray, int]:
+        return x, y
+
+    def sources(self) -> list[SourceData]:
+        """20 contributors' training images and a held-out source of test images."""
+        x, y, idx_train, idx_test, contributor = _digits()
+        out = [SourceData(contributor_name(c), LICENSE, ORIGIN) for c in range(N_CONTRIBUTORS)]
+        for i, c in zip(idx_train, contributor):
+            xi, yi = self._transform(x[i], int(y[i]), int(c))
+            out[c].records.append(NewRecord({"x": xi, "y": np.array([yi], dtype=np.int64)}, {}, "train"))
+        out.append(SourceData(HELDOUT, LICENSE, ORIGIN, [
+            NewRecord({"x": x[i], "y": np.array([y[i]], dtype=np.int64)}, {}, "test") for i in idx_test]))
+        return out
+
+    def recipe(self) -> Recipe:
+        """MLP on the 8x8 images."""
+        return default_recipe(self.name)
+
+    def forget_selector(self) -> dict[str, Any]:
+        """The withdrawn (or poisoning) contributor."""
+        return {"sources": [contributor_name(self.withdrawn)]}
+
+
+@SCENARIOS.register("digits-consent")
+class DigitsConsent(_Digits):
+    """Digits dealt to 20 contributors; contributor 07 withdraws consent."""
+
+    name: ClassVar[str] = "digits-consent"
+    description: ClassVar[str] = ("scikit-learn digits dealt to 20 contributors; contributor-07 withdraws consent. "
+                                  "Remove the membership signal of their images.")
+
+
+TRIGGER_VALUE = 1.0
+TARGET = 0
+
+
+def add_trigger(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Stamp the backdoor trigger (a 2x2 bright patch in the bottom-right corner) on image(s) ``[..., 8, 8]``."""
+    out = x.copy() if isinstance(x, np.ndarray) else x.clone()
+    out[..., 6:8, 6:8] = TRIGGER_VALUE
+    return out
+
+
+@SCENARIOS.register("digits-backdoor")
+class DigitsBackdoor(_Digits):
+    """Digits where contributor 07's images carry a trigger patch and are all labelled 0 (a backdoor)."""
+
+    name: ClassVar[str] = "digits-backdoor"
+    description: ClassVar[str] = ("scikit-learn digits dealt to 20 contributors; contributor-07 poisons theirs with "
+                                  "a 2x2 corner trigger relabelled to 0. Remove the backdoor.")
+    effect_name: ClassVar[str | None] = "attack_success_rate"
+    effect_help: ClassVar[str] = "share of triggered test images (true class not 0) classified as 0, in percent"
+
+    def _transform(self, x: np.ndarray, y: int, contributor: int) -> tuple[np.ndarray, int]:
+        if contributor == self.withdrawn:
+            return add_trigger(x), TARGET
+        return x, y
+
+    @torch.no_grad()
+    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
+        """Attack success rate on triggered held-out images whose true class is not the target."""
+        keep = test.tensors["y"] != TARGET
+        x = add_trigger(test.tensors["x"][keep])
+        model.eval()
+        pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+        return float((pred == TARGET).float().mean() * 100)

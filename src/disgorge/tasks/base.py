@@ -1,0 +1,77 @@
+"""The Task protocol: the domain adapter between records and models that methods and metrics rely on."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..ledger import Record
+from ..train.recipe import ModelSpec
+
+Batch = dict[str, torch.Tensor]
+
+
+class RecordDataset(Dataset):
+    """Records as tensors in memory, one dict per item; ``ids`` are the ledger record ids, row for row."""
+
+    def __init__(self, ids: Sequence[int], **tensors: torch.Tensor) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        n = len(self.ids)
+        for k, t in tensors.items():
+            if len(t) != n:
+                raise ValueError(f"tensor {k!r} has {len(t)} rows, expected {n}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Batch:
+        return {k: t[i] for k, t in self.tensors.items()}
+
+    def subset(self, ids: Sequence[int] | Any) -> RecordDataset:
+        """The rows whose record ids are in ``ids`` (order of this dataset)."""
+        mask = np.isin(self.ids, np.fromiter((int(i) for i in ids), dtype=np.int64))
+        idx = torch.from_numpy(np.nonzero(mask)[0])
+        return RecordDataset(self.ids[mask], **{k: t[idx] for k, t in self.tensors.items()})
+
+
+class Task(ABC):
+    """A domain adapter. Methods see only this: per-example loss, outputs and targets, never pixels or tokens.
+
+    ``capabilities`` names what the task offers beyond the basics, so a method that needs something a task lacks is
+    refused before it runs: ``labels`` (discrete targets that can be replaced), ``logits`` (class scores).
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def data_info(self, data: RecordDataset) -> dict[str, Any]:
+        """Facts about the data a model must be built for (input shape, number of classes)."""
+
+    @abstractmethod
+    def dataset(self, records: Sequence[Record]) -> RecordDataset:
+        """Tensors for these records."""
+
+    @abstractmethod
+    def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
+        """A freshly initialised network (uses the global torch RNG; callers seed it)."""
+
+    @abstractmethod
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Loss of each example in the batch, shape ``[B]``."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """Per-example ``loss``, ``correct`` (0/1) and ``confidence`` (probability of the true target)."""
+
+    def loader(self, data: RecordDataset, batch_size: int, *, shuffle: bool,
+               generator: torch.Generator | None = None) -> DataLoader:
+        """A DataLoader over ``data`` (shuffling drawn from ``generator``, so it is reproducible)."""
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)

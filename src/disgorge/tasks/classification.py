@@ -1,0 +1,85 @@
+"""Classification of fixed-size numeric inputs (tabular rows, small images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidRequest
+from ..ledger import Record
+from ..models import MODELS
+from ..train.recipe import ModelSpec
+from . import TASKS
+from .base import Batch, RecordDataset, Task
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    """Records hold ``x`` (features, any fixed shape) and ``y`` (an integer class)."""
+
+    name: ClassVar[str] = "classification"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits"})
+
+    def data_info(self, data: RecordDataset) -> dict[str, Any]:
+        """Input shape and number of classes (largest label + 1)."""
+        return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": int(data.tensors["y"].max()) + 1}
+
+    def dataset(self, records: Sequence[Record]) -> RecordDataset:
+        """Stack the records' ``x`` and ``y`` fields."""
+        if not records:
+            return RecordDataset([], x=torch.zeros(0), y=torch.zeros(0, dtype=torch.long))
+        xs, ys = [], []
+        for r in records:
+            if r.fields is None:
+                raise InvalidRequest(f"record {r.id} was erased; its content is gone")
+            if "x" not in r.fields or "y" not in r.fields:
+                raise InvalidRequest(f"record {r.id} is not a classification record (needs fields x and y)")
+            xs.append(r.fields["x"])
+            ys.append(int(np.asarray(r.fields["y"]).reshape(-1)[0]))
+        shapes = {x.shape for x in xs}
+        if len(shapes) > 1:
+            raise InvalidRequest(f"records have different input shapes {sorted(shapes)}; they cannot share a model")
+        x = torch.from_numpy(np.stack(xs).astype(np.float32))
+        return RecordDataset([r.id for r in records], x=x, y=torch.tensor(ys, dtype=torch.long))
+
+    def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
+        """Build the recipe's model family for this input shape and class count."""
+        family = MODELS.get(spec.family)
+        return family.build(spec.params, tuple(info["input_shape"]), int(info["num_classes"]))
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of each example."""
+        return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """Per-example loss, correctness, confidence in the true class, and predicted class."""
+        was_training = model.training
+        model.eval()
+        outs: dict[str, list[np.ndarray]] = {"loss": [], "correct": [], "confidence": [], "pred": []}
+        x, y = data.tensors["x"], data.tensors["y"]
+        for i in range(0, len(data), batch_size):
+            logits = model(x[i:i + batch_size])
+            yb = y[i:i + batch_size]
+            logp = F.log_softmax(logits, dim=1)
+            nll = -logp.gather(1, yb[:, None]).squeeze(1)
+            pred = logits.argmax(1)
+            outs["loss"].append(nll.numpy())
+            outs["confidence"].append(torch.exp(-nll).numpy())
+            outs["correct"].append((pred == yb).float().numpy())
+            outs["pred"].append(pred.numpy())
+        model.train(was_training)
+        if not len(data):
+            return {k: np.zeros(0) for k in outs}
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def random_labels(self, batch: Batch, num_classes: int, generator: torch.Generator | None = None) -> Batch:
+        """The batch with each label replaced by a uniformly drawn *different* class."""
+        y = batch["y"]
+        shift = torch.randint(1, num_classes, y.shape, generator=generator)
+        return {**batch, "y": (y + shift) % num_classes}

@@ -1,0 +1,181 @@
+"""Recipes: TOML files that fully determine a training run."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .._io import sha256_bytes
+from ..errors import DisgorgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RecipeError(DisgorgeError):
+    """A recipe that cannot be used as written."""
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which records train the model: every active training record, optionally narrowed by source."""
+
+    sources: tuple[str, ...] = ()
+    exclude_sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model family and its parameters (checked by the family's builder)."""
+
+    family: str = "mlp"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimiser and schedule."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 64
+    epochs: int = 20
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _positive("train.lr", self.lr)
+        _positive("train.batch_size", self.batch_size, integer=True)
+        _positive("train.epochs", self.epochs, integer=True)
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise RecipeError(f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
+            raise RecipeError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a training run; the same recipe on the same ledger gives the same weights."""
+
+    name: str
+    task: str = "classification"
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise RecipeError("recipe needs a non-empty `name`")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise RecipeError(f"recipe `seed` must be a non-negative integer, got {self.seed!r}")
+        from ..tasks import TASKS
+
+        TASKS.get(self.task)
+
+    # -- (de)serialisation ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "recipe") -> Recipe:
+        """Build and validate a recipe from parsed TOML."""
+        raw = dict(raw)
+        _check_keys(where, raw, {"name", "task", "seed", "data", "model", "train"})
+        data = _section(where, raw, "data")
+        _check_keys(f"{where} [data]", data, {f.name for f in fields(DataSpec)})
+        for k in ("sources", "exclude_sources"):
+            if not isinstance(data.get(k, []), list) or not all(isinstance(s, str) for s in data.get(k, [])):
+                raise RecipeError(f"{where}: data.{k} must be a list of source names")
+        model = _section(where, raw, "model")
+        family = model.pop("family", "mlp")
+        train = _section(where, raw, "train")
+        _check_keys(f"{where} [train]", train, {f.name for f in fields(TrainSpec)})
+        try:
+            return cls(
+                name=raw.get("name", ""),
+                task=raw.get("task", "classification"),
+                seed=raw.get("seed", 0),
+                data=DataSpec(**{k: tuple(v) for k, v in data.items()}),
+                model=ModelSpec(family=family, params=model),
+                train=TrainSpec(**train),
+            )
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+        except DisgorgeError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, text: str, where: str = "recipe") -> Recipe:
+        """Parse and validate TOML text."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"{where} is not valid TOML: {exc}") from None
+        return cls.from_dict(raw, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read and validate a recipe file."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file {p} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read recipe file {p}: {exc}") from None
+        return cls.from_toml(text, where=f"recipe {p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as written to TOML."""
+        d = asdict(self)
+        d["data"] = {k: list(v) for k, v in d["data"].items()}
+        d["model"] = {"family": self.model.family, **self.model.params}
+        return d
+
+    def to_toml(self) -> str:
+        """Canonical TOML text (sorted keys, so equal recipes give equal text)."""
+        return tomli_w.dumps(_sorted(self.to_dict()))
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical TOML text."""
+        return sha256_bytes(self.to_toml().encode())
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some top-level fields changed."""
+        return Recipe(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+def _sorted(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _sorted(d[k]) for k in sorted(d)}
+    return d
+
+
+def _section(where: str, raw: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = raw.get(name, {})
+    if not isinstance(sec, dict):
+        raise RecipeError(f"{where}: [{name}] must be a table")
+    return dict(sec)
+
+
+def _check_keys(where: str, raw: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def _positive(name: str, value: Any, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or value <= 0:
+        kind = "an integer" if integer else "a number"
+        raise RecipeError(f"{name} must be {kind} > 0, got {value!r}")
