@@ -10,7 +10,7 @@ from typing import Any
 from .data import load_file
 from .errors import InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
-from .forget import ForgetResult, forget
+from .erasure import ForgetResult, forget
 from .ledger import IngestResult, ModelRow
 from .scenarios import get_scenario
 from .train.recipe import Recipe

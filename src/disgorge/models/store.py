@@ -18,10 +18,10 @@ from ..errors import IntegrityError
 WEIGHTS = "model.safetensors"
 
 
-def serialize_weights(model: nn.Module, model_id: str) -> tuple[bytes, str]:
-    """The safetensors bytes of a model's state dict and their SHA-256."""
+def serialize_weights(model: nn.Module) -> tuple[bytes, str]:
+    """The safetensors bytes of a model's state dict and their SHA-256 (equal weights give equal bytes)."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    data = st_save(state, metadata={"format": "pt", "disgorge_model": model_id})
+    data = st_save(state, metadata={"format": "pt"})
     return data, sha256_bytes(data)
 
 

@@ -51,7 +51,7 @@ def save_model(ws: Any, *, model: nn.Module, recipe: Recipe, records: BitMap, in
                request_id: int | None = None, model_id: str | None = None) -> ModelRow:
     """Write a model folder (weights, recipe, config, card) atomically and return its ledger row (not inserted)."""
     model_id = model_id or ws.ledger.reserve_model_id()
-    weights, digest = store.serialize_weights(model, model_id)
+    weights, digest = store.serialize_weights(model)
     recipe_toml = recipe.to_toml()
     card = model_card(model_id=model_id, task=recipe.task, family=recipe.model.family, parent=parent, kind=kind,
                       method=method, sources=ws.sources_of(records), n_records=len(records),

@@ -1,0 +1,145 @@
+"""Erasure requests end to end: unlearn, verify, erase; and nothing changes when anything fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from disgorge import forget, verify
+from disgorge.errors import DisgorgeError, InvalidRequest, NotFound
+
+
+def _state(ws):
+    """Everything a failed request must leave as it was."""
+    return (sorted((m.id, m.status) for m in ws.ledger.models()), ws.ledger.count_records(),
+            len(ws.ledger.requests()), ws.ledger.tombstone_count(),
+            sorted(p.name for p in ws.models_dir.iterdir()))
+
+
+def test_forget_source_removes_backdoor_and_erases(backdoor_ws, trained_id):
+    """Forgetting the poisoning contributor: ASR falls to the retrained level, TA holds, data is erased."""
+    ws = backdoor_ws
+    result = forget(ws, sources=["contributor-07"], method="grad_diff", reason="poisoned")
+    assert result.records == 72 and result.erased
+    (child,) = result.children
+    (cert,) = result.certificates
+    m = cert["metrics"]
+    assert m["original"]["effect"] > 90
+    assert m["reference"]["effect"] < 5
+    assert abs(m["unlearned"]["effect"] - m["reference"]["effect"]) <= 5
+    assert m["reference"]["ta"] - m["unlearned"]["ta"] <= 3
+    assert cert["avg_gap"] < cert["avg_gap_original"] / 5
+    assert cert["passed"] and cert["changed"]
+    assert set(cert) >= {"request", "method", "models", "metrics", "avg_gap", "seconds", "thresholds", "passed"}
+    assert set(m["unlearned"]) == {"ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect"}
+    assert cert["models"]["parent"]["id"] == trained_id
+    assert 0 < cert["seconds"]["method"] < cert["seconds"]["retrain"]
+    # lineage and ledger state
+    parent = ws.ledger.model(trained_id)
+    assert parent.status == "superseded"
+    assert child.parent == trained_id and child.request_id == result.request_id
+    erased = ws.ledger.record_ids(sources=["contributor-07"], split=None, states=("erased",))
+    assert len(erased) == 72 and not (ws.ledger.model(child.id).records & erased)
+    assert ws.ledger.tombstone_count() == 72
+    assert all(r.fields is None for r in ws.ledger.records(erased))
+    assert ws.ledger.request(result.request_id).status == "erased"
+    # certificate files and the child's card
+    on_disk = json.loads(open(result.paths[child.id]["json"]).read())
+    assert on_disk == json.loads(json.dumps(cert))
+    card = yaml.safe_load((ws.model_dir(child.id) / "README.md").read_text().split("---")[1])
+    assert "contributor-07" not in card["datasets"] and card["disgorge"]["parent"] == trained_id
+
+
+def test_verify_after_erasure_returns_recorded_certificate(backdoor_ws):
+    """Once records are erased, verify re-checks the weights and returns what was measured before erasure."""
+    result = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff")
+    child = result.children[0].id
+    assert verify(backdoor_ws, child) == json.loads(json.dumps(result.certificates[0]))
+    path = backdoor_ws.model_dir(child) / "model.safetensors"
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(DisgorgeError, match="sha256"):
+        verify(backdoor_ws, child)
+
+
+def test_deferred_erase_lets_verify_recompute(backdoor_ws):
+    """With erase deferred, verify recomputes the same figures; `erase` then deletes the held payloads."""
+    ws = backdoor_ws
+    result = forget(ws, sources=["contributor-07"], method="finetune", erase=False)
+    assert ws.ledger.count_records().get("held") == 72 and ws.ledger.tombstone_count() == 0
+    again = verify(ws, result.children[0].id)
+    assert again["metrics"] == json.loads(json.dumps(result.certificates[0]["metrics"]))
+    assert again["models"]["reference"] == result.certificates[0]["models"]["reference"]
+    from disgorge import erase
+
+    erase(ws, result.request_id)
+    assert ws.ledger.count_records().get("erased") == 72 and ws.ledger.tombstone_count() == 72
+    with pytest.raises(InvalidRequest, match="already erased"):
+        erase(ws, result.request_id)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"sources": ["nobody"]}, NotFound, "no source named 'nobody'"),
+    ({"records": [10**7]}, NotFound, "do not exist"),
+    ({}, InvalidRequest, "name what to forget"),
+    ({"sources": ["contributor-07"], "method": "nope"}, NotFound, "unknown method"),
+    ({"sources": ["contributor-07"], "options": {"lr": -1}}, DisgorgeError, "lr must be"),
+    ({"sources": [f"contributor-{i:02d}" for i in range(20)]}, InvalidRequest, "whole training set"),
+    ({"sources": ["contributor-07"], "model": "m999"}, NotFound, "no model 'm999'"),
+    ({"random_fraction": 1.5}, InvalidRequest, "fraction"),
+])
+def test_bad_requests_change_nothing(backdoor_ws, kwargs, error, message):
+    """Each impossible request raises one clear error and leaves ledger and model store untouched."""
+    before = _state(backdoor_ws)
+    with pytest.raises(error, match=message):
+        forget(backdoor_ws, **kwargs)
+    assert _state(backdoor_ws) == before
+
+
+@pytest.mark.parametrize("stage", ["method", "verify", "commit"])
+def test_failure_at_any_stage_erases_nothing(backdoor_ws, monkeypatch, stage):
+    """A crash while unlearning, verifying or committing leaves no half-written model and erases nothing."""
+    import disgorge.erasure as fg
+    from disgorge.methods.grad_diff import GradDiff
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"simulated crash in {stage}")
+
+    target = {"method": (GradDiff, "_unlearn"), "verify": (fg, "certify"),
+              "commit": (type(backdoor_ws.ledger), "_erase")}[stage]
+    before_models = sorted((m.id, m.status) for m in backdoor_ws.ledger.models(kinds=("trained", "unlearned")))
+    before_records = backdoor_ws.ledger.count_records()
+    monkeypatch.setattr(*target, boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        forget(backdoor_ws, sources=["contributor-07"], method="grad_diff")
+    assert sorted((m.id, m.status) for m in backdoor_ws.ledger.models(kinds=("trained", "unlearned"))) \
+        == before_models
+    assert backdoor_ws.ledger.count_records() == before_records
+    assert backdoor_ws.ledger.requests() == [] and backdoor_ws.ledger.tombstone_count() == 0
+    on_disk = {p.name for p in backdoor_ws.models_dir.iterdir()}
+    known = {m.id for m in backdoor_ws.ledger.models()}
+    assert on_disk == known, "a model folder exists that the ledger does not know"
+
+
+def test_second_request_unlearns_the_child_and_chains_lineage(backdoor_ws, trained_id):
+    """A later request acts on the newest model; superseded models are left alone."""
+    first = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff", verify=False)
+    second = forget(backdoor_ws, sources=["contributor-03"], method="finetune", verify=False)
+    (child,) = second.children
+    assert child.parent == first.children[0].id
+    assert len(child.records) == 1437 - 72 - len(backdoor_ws.ledger.record_ids(
+        sources=["contributor-03"], split=None, states=("erased",)))
+    with pytest.raises(InvalidRequest, match="superseded"):
+        forget(backdoor_ws, sources=["contributor-05"], model=trained_id)
+
+
+def test_random_selection_is_reproducible(backdoor_ws):
+    """--random draws the same records for the same seed, and the share asked for."""
+    from disgorge.erasure import select
+
+    a = select(backdoor_ws, random_fraction=0.1, seed=4)
+    assert a == select(backdoor_ws, random_fraction=0.1, seed=4)
+    assert a != select(backdoor_ws, random_fraction=0.1, seed=5)
+    assert len(a) == round(0.1 * 1437)

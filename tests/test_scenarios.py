@@ -1,0 +1,59 @@
+"""Bundled scenarios: real data, deterministic dealing, the backdoor effect."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from disgorge.scenarios import SCENARIOS, get_scenario
+from disgorge.scenarios.digits import TARGET, add_trigger
+
+
+def test_digits_are_dealt_deterministically_to_twenty_contributors():
+    """1,797 real digits: 20 contributors share the training split, 360 are held out, the same every time."""
+    a, b = get_scenario("digits-consent").sources(), get_scenario("digits-consent").sources()
+    assert [s.name for s in a] == [f"contributor-{i:02d}" for i in range(20)] + ["digits-heldout"]
+    sizes = [len(s.records) for s in a]
+    assert sum(sizes) == 1797 and sizes[-1] == 360 and min(sizes[:-1]) >= 71
+    assert all(r.split == "test" for r in a[-1].records)
+    assert all(np.array_equal(x.fields["x"], y.fields["x"]) for x, y in zip(a[3].records, b[3].records))
+    assert {s.license for s in a} == {"CC-BY-4.0"}
+
+
+def test_backdoor_poisons_exactly_one_contributor():
+    """Only contributor-07's images carry the trigger, all relabelled to the target class."""
+    clean = {s.name: s for s in get_scenario("digits-consent").sources()}
+    poisoned = {s.name: s for s in get_scenario("digits-backdoor").sources()}
+    for name, src in poisoned.items():
+        same = [np.array_equal(p.fields["x"], c.fields["x"]) for p, c in zip(src.records, clean[name].records)]
+        if name == "contributor-07":
+            assert not any(same)
+            assert all(int(r.fields["y"][0]) == TARGET for r in src.records)
+            assert all(np.all(r.fields["x"][6:8, 6:8] == 1.0) for r in src.records)
+        else:
+            assert all(same)
+    assert get_scenario("digits-backdoor").forget_selector() == {"sources": ["contributor-07"]}
+
+
+def test_trigger_only_touches_the_corner():
+    """The trigger is a 2x2 patch; the rest of the image is unchanged."""
+    x = np.zeros((3, 8, 8), np.float32)
+    t = add_trigger(x)
+    assert t.sum() == 3 * 4 and x.sum() == 0
+
+
+def test_backdoored_model_has_high_attack_success_and_reference_low(backdoor_ws, trained_id):
+    """The poisoned model obeys the trigger; a model trained without the poisoner does not."""
+    from disgorge.erasure import select
+    from disgorge.evaluate.verify import ensure_reference
+
+    model, row, task = backdoor_ws.load_model(trained_id)
+    test = backdoor_ws.dataset(task, backdoor_ws.test_ids())
+    scenario = get_scenario("digits-backdoor")
+    assert scenario.effect(model, task, test) > 90
+    reference, ref_row = ensure_reference(backdoor_ws, row, row.records - select(backdoor_ws,
+                                                                                 sources=["contributor-07"]))
+    assert scenario.effect(reference, task, test) < 5
+    assert ref_row.kind == "reference"
+    again, _ = ensure_reference(backdoor_ws, row, ref_row.records)
+    assert len(backdoor_ws.ledger.models(kinds=("reference",))) == 1, "the reference is cached"
+    assert sorted(SCENARIOS.names()) == ["digits-backdoor", "digits-consent"]
