@@ -11,8 +11,8 @@ import pytest
 
 os.environ.setdefault("DISGORGE_PROGRESS", "0")
 
-from disgorge import Workspace, ingest_scenario, train  # noqa: E402
-from disgorge.scenarios import get_scenario  # noqa: E402
+from disgorge import Workspace, ingest_scenario, train
+from disgorge.scenarios import get_scenario
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,7 +47,7 @@ def test_forget_source_removes_backdoor_and_erases(backdoor_ws, trained_id):
     assert all(r.fields is None for r in ws.ledger.records(erased))
     assert ws.ledger.request(result.request_id).status == "erased"
     # certificate files and the child's card
-    on_disk = json.loads(open(result.paths[child.id]["json"]).read())
+    on_disk = json.loads(Path(result.paths[child.id]["json"]).read_text())
     assert on_disk == json.loads(json.dumps(cert))
     card = yaml.safe_load((ws.model_dir(child.id) / "README.md").read_text().split("---")[1])
     assert "contributor-07" not in card["datasets"] and card["disgorge"]["parent"] == trained_id

@@ -75,7 +75,7 @@ def test_erasure_deletes_payload_bytes_and_refuses_reingest(ws):
     """Erased payloads leave the database file (secure_delete + WAL checkpoint); their content is refused again."""
     src = ws.ledger.add_source("alice", "CC-BY-4.0")
     marker = np.frombuffer(b"SECRETPAYLOAD123", dtype=np.float32).copy()
-    res = ws.ledger.add_records(src, [NewRecord({"x": marker, "y": np.array([1])})] + _records(3))
+    res = ws.ledger.add_records(src, [NewRecord({"x": marker, "y": np.array([1])}), *_records(3)])
     secret_id = min(res.added)
     ws.ledger.checkpoint()
     assert b"SECRETPAYLOAD123" in ws.ledger.path.read_bytes()
@@ -92,7 +92,7 @@ def test_erasure_deletes_payload_bytes_and_refuses_reingest(ws):
     assert ws.ledger.tombstone_count() == 1
     before = ws.ledger.count_records()
     with pytest.raises(InvalidRequest, match="erased"):
-        ws.ledger.add_records(src, [NewRecord({"x": marker, "y": np.array([1])})] + _records(2, offset=50))
+        ws.ledger.add_records(src, [NewRecord({"x": marker, "y": np.array([1])}), *_records(2, offset=50)])
     assert ws.ledger.count_records() == before
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from disgorge import METHODS, get_method
+from disgorge.erasure import select
 from disgorge.errors import InvalidRequest, NotFound
 from disgorge.evaluate import accuracy
-from disgorge.erasure import select
 from disgorge.methods import ConfigError, UnlearnRequest
 from disgorge.scenarios import get_scenario
 from disgorge.train.recipe import Recipe

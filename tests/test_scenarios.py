@@ -15,7 +15,7 @@ def test_digits_are_dealt_deterministically_to_twenty_contributors():
     sizes = [len(s.records) for s in a]
     assert sum(sizes) == 1797 and sizes[-1] == 360 and min(sizes[:-1]) >= 71
     assert all(r.split == "test" for r in a[-1].records)
-    assert all(np.array_equal(x.fields["x"], y.fields["x"]) for x, y in zip(a[3].records, b[3].records))
+    assert all(np.array_equal(x.fields["x"], y.fields["x"]) for x, y in zip(a[3].records, b[3].records, strict=True))
     assert {s.license for s in a} == {"CC-BY-4.0"}
 
 
@@ -24,7 +24,8 @@ def test_backdoor_poisons_exactly_one_contributor():
     clean = {s.name: s for s in get_scenario("digits-consent").sources()}
     poisoned = {s.name: s for s in get_scenario("digits-backdoor").sources()}
     for name, src in poisoned.items():
-        same = [np.array_equal(p.fields["x"], c.fields["x"]) for p, c in zip(src.records, clean[name].records)]
+        pairs = zip(src.records, clean[name].records, strict=True)
+        same = [np.array_equal(p.fields["x"], c.fields["x"]) for p, c in pairs]
         if name == "contributor-07":
             assert not any(same)
             assert all(int(r.fields["y"][0]) == TARGET for r in src.records)
@@ -54,6 +55,6 @@ def test_backdoored_model_has_high_attack_success_and_reference_low(backdoor_ws,
                                                                                  sources=["contributor-07"]))
     assert scenario.effect(reference, task, test) < 5
     assert ref_row.kind == "reference"
-    again, _ = ensure_reference(backdoor_ws, row, ref_row.records)
+    ensure_reference(backdoor_ws, row, ref_row.records)
     assert len(backdoor_ws.ledger.models(kinds=("reference",))) == 1, "the reference is cached"
     assert sorted(SCENARIOS.names()) == ["digits-backdoor", "digits-consent"]

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_file
+from .erasure import ForgetResult, forget
 from .errors import InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
-from .erasure import ForgetResult, forget
 from .ledger import IngestResult, ModelRow
 from .scenarios import get_scenario
 from .train.recipe import Recipe

@@ -228,9 +228,9 @@ def requests(workspace: WorkspaceOpt = Path(".")) -> None:
     with _ws(workspace) as ws:
         table = Table("request", "status", "method", "records", "models", "reason", "created")
         for r in ws.ledger.requests():
+            lineage = zip(r.affected, r.results.get("children", []), strict=False)
             table.add_row(str(r.id), r.status, r.method, str(len(r.records)),
-                          ", ".join(f"{a}->{c}" for a, c in zip(r.affected, r.results.get("children", []))),
-                          r.reason, r.created_at)
+                          ", ".join(f"{a}->{c}" for a, c in lineage), r.reason, r.created_at)
         out.print(table)
 
 

@@ -62,7 +62,7 @@ def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str
         if not np.isfinite(x).all():
             raise DataFileError(f"{p} line {n}: features must be finite numbers")
         out.append(NewRecord({"x": x, "y": np.array([y], dtype=np.int64)},
-                             {a: row[i] for a, i in zip(attributes, ai)}, split))
+                             {a: row[i] for a, i in zip(attributes, ai, strict=True)}, split))
     if not out:
         raise DataFileError(f"{p} has a header but no data rows")
     return out

@@ -19,7 +19,7 @@ from ..scenarios import SCENARIOS, get_scenario
 from ..tasks import RecordDataset, Task, get_task
 from ..train.recipe import Recipe
 from ..train.trainer import fit_recipe, save_model
-from .metrics import GAP_KEYS, avg_gap, split_figures
+from .metrics import avg_gap, split_figures
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``finetune``: continue training on the retain set only, so the forget set's effect fades (catastrophic forgetting)."""
+"""``finetune``: keep training on the retain set only, so the forget set's effect fades (catastrophic forgetting)."""
 
 from __future__ import annotations
 

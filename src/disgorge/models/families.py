@@ -127,7 +127,7 @@ class _Reshape(nn.Module):
         self.shape = shape
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], *self.shape))
 
 

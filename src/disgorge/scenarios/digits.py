@@ -58,7 +58,7 @@ class _Digits(Scenario):
         """20 contributors' training images and a held-out source of test images."""
         x, y, idx_train, idx_test, contributor = _digits()
         out = [SourceData(contributor_name(c), LICENSE, ORIGIN) for c in range(N_CONTRIBUTORS)]
-        for i, c in zip(idx_train, contributor):
+        for i, c in zip(idx_train, contributor, strict=True):
             xi, yi = self._transform(x[i], int(y[i]), int(c))
             out[c].records.append(NewRecord({"x": xi, "y": np.array([yi], dtype=np.int64)}, {}, "train"))
         out.append(SourceData(HELDOUT, LICENSE, ORIGIN, [
