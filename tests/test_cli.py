@@ -274,8 +274,6 @@ def test_defer_erase_verify_erase_then_reingest_refused(ws_copy: tuple[Path, str
     assert record_states(root) == before
 
 
-@pytest.mark.xfail(strict=True, reason="api.ingest_file commits the new source before add_records refuses "
-                   "the tombstoned content, so a refused ingest leaves an empty source behind")
 def test_refused_ingest_leaves_no_source(ws_copy: tuple[Path, str], tmp_path: Path) -> None:
     """An ingest refused because its content was erased does not register its source either."""
     root, _ = ws_copy

@@ -42,7 +42,7 @@ def test_config_is_validated_and_round_trips_toml():
     """Options are typed and range-checked; a config survives TOML."""
     m = get_method("grad_diff", lr=0.01, epochs=2)
     assert type(m.config).from_toml(m.config.to_toml()) == m.config
-    with pytest.raises(ConfigError, match="lr must be >= 0"):
+    with pytest.raises(ConfigError, match="lr must be > 0"):
         get_method("grad_diff", lr=-1.0)
     with pytest.raises(ConfigError, match="unknown option"):
         get_method("finetune", learning_rate=0.1)

@@ -29,10 +29,11 @@ def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
     if current is not None and current != name:
         raise InvalidRequest(f"this workspace already holds scenario {current!r}; use a new workspace for {name!r}")
     results = []
-    for src in scenario.sources():
-        source = ws.ledger.add_source(src.name, src.license, src.origin, src.consent)
-        results.append(ws.ledger.add_records(source, src.records))
-    ws.ledger.set_meta("scenario", name)
+    with ws.ledger.transaction():
+        for src in scenario.sources():
+            source = ws.ledger.add_source(src.name, src.license, src.origin, src.consent)
+            results.append(ws.ledger.add_records(source, src.records))
+        ws.ledger.set_meta("scenario", name)
     return results
 
 
@@ -42,10 +43,9 @@ def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, o
     records = load_file(path, label=label, attributes=attributes, split=split)
     if not license:
         raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")
-    src = ws.ledger.find_source(source) or ws.ledger.add_source(source, license, origin or str(path))
-    if src.license != license:
-        raise InvalidRequest(f"source {source!r} already exists with licence {src.license!r}, not {license!r}")
-    return ws.ledger.add_records(src, records)
+    with ws.ledger.transaction():  # a refused ingest leaves no new source behind
+        src = ws.ledger.add_source(source, license, origin or str(path))
+        return ws.ledger.add_records(src, records)
 
 
 def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
@@ -78,7 +78,7 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     parent_model, _, _ = ws.load_model(parent.id)
     cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
                    forget_ids=parent.records & req.records, request_id=req.id, method=row.method or "",
-                   config=row.info.get("config", {}), thresholds=thresholds)
+                   config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds)
     results = dict(req.results)
     results.setdefault("certificates", {})[model_id] = cert
     ws.ledger.set_request_results(req.id, results)

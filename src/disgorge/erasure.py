@@ -129,7 +129,8 @@ def _unlearn_one(ws: Any, parent: ModelRow, ids: BitMap, unlearner: Any, request
     log.info("unlearning %d records from %s with %s", len(forget_ids), parent.id, unlearner.name)
     child_model = unlearner.unlearn(parent_model, request)
     fit_result = getattr(unlearner, "fit_result_", None)
-    info: dict[str, Any] = {"data": parent.info["data"], "config": unlearner.config.to_dict()}
+    info: dict[str, Any] = {"data": parent.info["data"], "config": unlearner.config.to_dict(),
+                            "report": unlearner.report_}
     if fit_result is not None:
         info["fit"] = {"steps": fit_result.steps, "epochs": fit_result.epochs, "stopped": fit_result.stopped,
                        "rollbacks": fit_result.rollbacks}
@@ -140,7 +141,8 @@ def _unlearn_one(ws: Any, parent: ModelRow, ids: BitMap, unlearner: Any, request
     try:
         cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=child,
                        child_model=child_model, forget_ids=forget_ids, request_id=request_id,
-                       method=unlearner.name, config=unlearner.config.to_dict(), thresholds=thresholds)
+                       method=unlearner.name, config=unlearner.config.to_dict(), report=unlearner.report_,
+                       thresholds=thresholds)
     except BaseException:
         shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
         raise

@@ -71,7 +71,8 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, child: ModelRow,
             child_model: nn.Module, forget_ids: BitMap, request_id: int, method: str,
-            config: dict[str, Any], thresholds: Thresholds | None = None) -> dict[str, Any]:
+            config: dict[str, Any], report: dict[str, Any] | None = None,
+            thresholds: Thresholds | None = None) -> dict[str, Any]:
     """Measure original, unlearned and reference models and return the certificate (a JSON-ready dict)."""
     thresholds = thresholds or Thresholds()
     retain_ids = parent.records - forget_ids
@@ -93,6 +94,7 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
         "request": request_id,
         "method": method,
         "config": config,
+        "method_report": report or {},
         "scenario": ws.scenario,
         "effect": _effect_meta(ws.scenario),
         "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},

@@ -1,6 +1,21 @@
 """Unlearning methods, one file each, found by name in one registry."""
 
-from . import finetune, grad_diff, gradient_ascent, retrain  # noqa: F401  (registration)
+from . import (  # noqa: F401  (each module registers its method)
+    bad_teacher,
+    boundary_shrink,
+    finetune,
+    fisher,
+    grad_diff,
+    gradient_ascent,
+    l1_sparse,
+    newton,
+    npo,
+    random_label,
+    retrain,
+    salun,
+    scrub,
+    ssd,
+)
 from .base import ConfigError, Method, MethodConfig, UnlearnRequest, option
 from .registry import METHODS, get_method, register
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DisgorgeError, InvalidRequest
 from ..tasks import RecordDataset, Task
-from ..train.loop import FitResult, warm_up
+from ..train.loop import FitResult, Guard, LossFn, fit, warm_up
 from ..train.recipe import TrainSpec
 
 if sys.version_info >= (3, 11):
@@ -30,14 +30,25 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+# Needs that are about the request's data or the model, checked by ``check``/the method, not task capabilities.
+DATA_NEEDS = frozenset({"retain", "forget", "linear_model"})
+
+
 class ConfigError(DisgorgeError):
     """A method configuration value that is out of range or unknown."""
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           choices: tuple[Any, ...] | None = None) -> Any:
-    """A config field with help text and a range that ``MethodConfig.__post_init__`` checks."""
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+           choices: tuple[Any, ...] | None = None, positive: bool = False) -> Any:
+    """A config field with help text and a range (``low``/``high`` inclusive; ``positive``: strictly > 0) that
+    ``MethodConfig.__post_init__`` checks."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                            "positive": positive})
+
+
+def lr_option(default: float) -> Any:
+    """The learning-rate option every gradient method has (used with the recipe's optimiser)."""
+    return option(default, "learning rate (the recipe's optimiser)", positive=True)
 
 
 @dataclass
@@ -46,6 +57,8 @@ class MethodConfig:
 
     max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
     max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
+    max_retain_drop: float = option(5.0, "roll back and stop when accuracy on a retain sample falls more than this "
+                                         "many points below the original's (100 turns the guard off)", low=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -54,11 +67,13 @@ class MethodConfig:
                 if f.default is not None:
                     raise ConfigError(f"{self._where(f.name)} must be set")
                 continue
-            numeric = meta.get("low") is not None or meta.get("high") is not None
+            numeric = meta.get("low") is not None or meta.get("high") is not None or meta.get("positive")
             if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{self._where(f.name)} must be a number, got {value!r}")
             if isinstance(f.default, int) and not isinstance(f.default, bool) and not isinstance(value, int):
                 raise ConfigError(f"{self._where(f.name)} must be an integer, got {value!r}")
+            if meta.get("positive") and value <= 0:
+                raise ConfigError(f"{self._where(f.name)} must be > 0, got {value!r}")
             if meta.get("low") is not None and value < meta["low"]:
                 raise ConfigError(f"{self._where(f.name)} must be >= {meta['low']}, got {value!r}")
             if meta.get("high") is not None and value > meta["high"]:
@@ -150,7 +165,7 @@ class Method(ABC):
 
     def check(self, request: UnlearnRequest) -> None:
         """Refuse, before running, a request this method cannot serve."""
-        missing = sorted(self.needs - request.task.capabilities - {"retain", "forget"})
+        missing = sorted(self.needs - request.task.capabilities - DATA_NEEDS)
         if missing:
             raise InvalidRequest(f"method {self.name!r} needs {', '.join(missing)}, which task "
                                  f"{request.task.name!r} does not offer; pick another method (`disgorge methods`)")
@@ -163,6 +178,7 @@ class Method(ABC):
         """Return a new model with the forget set's effect removed; ``model`` itself is not changed."""
         self.check(request)
         warm_up()
+        self.report_ = {}
         start = time.perf_counter()
         work = copy.deepcopy(model)
         with torch.random.fork_rng():
@@ -176,5 +192,31 @@ class Method(ABC):
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         """The algorithm, on a private copy of the model; sets ``self.fit_result_``."""
 
+    def fit(self, model: nn.Module, request: UnlearnRequest, loader: Iterable[Any], loss: LossFn,
+            optimizer: torch.optim.Optimizer, *, epochs: int, guard: bool = True, **kwargs: Any) -> FitResult:
+        """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and retain guard."""
+        return fit(model, loader, loss, optimizer, epochs=epochs, max_steps=self.config.max_steps,
+                   max_seconds=self.config.max_seconds, description=kwargs.pop("description", self.name),
+                   guard=self.retain_guard(model, request) if guard else None, **kwargs)
+
+    def retain_guard(self, model: nn.Module, request: UnlearnRequest, sample: int = 1024) -> Guard | None:
+        """A guard that fails once accuracy on a fixed retain sample drops ``max_retain_drop`` points below where
+        ``model`` starts; None when the guard is off or there is no retain data."""
+        limit = self.config.max_retain_drop
+        if limit >= 100 or len(request.retain) == 0:
+            return None
+        generator = torch.Generator().manual_seed(request.seed + 3)
+        n = min(sample, len(request.retain))
+        picked = torch.randperm(len(request.retain), generator=generator)[:n].sort().values
+        subset = request.retain.subset(request.retain.ids[picked.numpy()])
+        task = request.task
+
+        def accuracy(m: nn.Module) -> float:
+            return float(task.evaluate(m, subset)["correct"].mean() * 100)
+
+        baseline = accuracy(model)
+        return Guard(check=lambda m: accuracy(m) >= baseline - limit, every=10)
+
     fit_result_: FitResult
     seconds_: float
+    report_: dict[str, Any]

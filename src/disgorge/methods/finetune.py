@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..train.loop import fit, make_optimizer, mean_loss
-from .base import Method, MethodConfig, UnlearnRequest, option
+from ..train.loop import make_optimizer, mean_loss
+from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -27,11 +27,10 @@ class Finetune(Method):
         """Fine-tuning settings."""
 
         epochs: int = option(10, "passes over the retain set", low=1)
-        lr: float = option(1e-2, "learning rate (the recipe's optimiser)", low=0)
+        lr: float = lr_option(1e-2)
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         optimizer = make_optimizer(model.parameters(), request.train, lr=self.config.lr)
-        self.fit_result_ = fit(model, request.loader("retain"), mean_loss(request.task), optimizer,
-                               epochs=self.config.epochs, max_steps=self.config.max_steps,
-                               max_seconds=self.config.max_seconds, description="finetune")
+        self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
+                                    epochs=self.config.epochs)
         return model

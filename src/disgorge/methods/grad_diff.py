@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import fit, make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, option
+from ..train.loop import make_optimizer
+from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -32,7 +32,7 @@ class GradDiff(Method):
         """NegGrad+ settings."""
 
         epochs: int = option(3, "passes over the retain set", low=1)
-        lr: float = option(1e-3, "learning rate (the recipe's optimiser)", low=0)
+        lr: float = lr_option(1e-3)
         beta: float = option(0.9, "weight of the retain term; 1 - beta weighs the forget ascent", low=0, high=1)
         forget_loss_cap: float = option(5.0, "ascent stops pushing an example once its loss exceeds this", low=0)
 
@@ -46,6 +46,5 @@ class GradDiff(Method):
             forget = task.per_example_loss(m, next(forget_batches)).clamp(max=cfg.forget_loss_cap).mean()
             return cfg.beta * retain - (1 - cfg.beta) * forget
 
-        self.fit_result_ = fit(model, request.loader("retain"), loss, optimizer, epochs=cfg.epochs,
-                               max_steps=cfg.max_steps, max_seconds=cfg.max_seconds, description="grad_diff")
+        self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         return model

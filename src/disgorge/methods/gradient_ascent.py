@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import fit, make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, option
+from ..train.loop import make_optimizer
+from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -30,9 +30,9 @@ class GradientAscent(Method):
     class Config(MethodConfig):
         """Gradient-ascent settings."""
 
-        epochs: int = option(10, "passes over the forget set", low=1)
-        lr: float = option(3e-4, "learning rate (the recipe's optimiser)", low=0)
-        stop_accuracy: float = option(30.0, "stop when forget-set accuracy (percent) falls to this", low=0,
+        epochs: int = option(20, "passes over the forget set", low=1)
+        lr: float = lr_option(1e-3)
+        stop_accuracy: float = option(50.0, "stop when forget-set accuracy (percent) falls to this", low=0,
                                       high=100)
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
@@ -45,7 +45,6 @@ class GradientAscent(Method):
         def forgotten() -> bool:
             return float(task.evaluate(model, request.forget)["correct"].mean() * 100) <= self.config.stop_accuracy
 
-        self.fit_result_ = fit(model, request.loader("forget"), ascent, optimizer, epochs=self.config.epochs,
-                               max_steps=self.config.max_steps, max_seconds=self.config.max_seconds,
-                               description="gradient_ascent", should_stop=forgotten)
+        self.fit_result_ = self.fit(model, request, request.loader("forget"), ascent, optimizer,
+                                    epochs=self.config.epochs, should_stop=forgotten)
         return model

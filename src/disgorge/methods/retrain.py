@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..train.loop import fit, make_optimizer, mean_loss
+from ..train.loop import make_optimizer, mean_loss
 from .base import Method, MethodConfig, UnlearnRequest
 from .registry import register
 
@@ -35,7 +35,6 @@ class Retrain(Method):
             if callable(reset):
                 reset()
         optimizer = make_optimizer(model.parameters(), request.train)
-        self.fit_result_ = fit(model, request.loader("retain"), mean_loss(request.task), optimizer,
-                               epochs=request.train.epochs, max_steps=self.config.max_steps,
-                               max_seconds=self.config.max_seconds, description="retrain")
+        self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
+                                    epochs=request.train.epochs, guard=False)
         return model

@@ -67,6 +67,22 @@ class Task(ABC):
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Loss of each example in the batch, shape ``[B]``."""
 
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Class scores ``[B, C]`` (capability ``logits``)."""
+        raise NotImplementedError(f"task {self.name!r} has no logits")
+
+    def random_labels(self, batch: Batch, num_classes: int, generator: torch.Generator | None = None) -> Batch:
+        """The batch with each target replaced by a different random class (capability ``labels``)."""
+        raise NotImplementedError(f"task {self.name!r} has no replaceable labels")
+
+    def with_labels(self, batch: Batch, labels: torch.Tensor) -> Batch:
+        """The batch with new targets (capability ``labels``)."""
+        raise NotImplementedError(f"task {self.name!r} has no replaceable labels")
+
+    def nearest_wrong_labels(self, model: nn.Module, batch: Batch, step: float) -> torch.Tensor:
+        """For each example, the class a small adversarial input step pushes it to (capability ``adversarial``)."""
+        raise NotImplementedError(f"task {self.name!r} has no adversarial inputs")
+
     @abstractmethod
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
         """Per-example ``loss``, ``correct`` (0/1) and ``confidence`` (probability of the true target)."""

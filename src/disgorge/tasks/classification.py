@@ -23,7 +23,7 @@ class ClassificationTask(Task):
     """Records hold ``x`` (features, any fixed shape) and ``y`` (an integer class)."""
 
     name: ClassVar[str] = "classification"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits", "adversarial"})
 
     def data_info(self, data: RecordDataset) -> dict[str, Any]:
         """Input shape and number of classes (largest label + 1)."""
@@ -55,6 +55,27 @@ class ClassificationTask(Task):
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Cross-entropy of each example."""
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Class scores."""
+        return model(batch["x"])
+
+    def with_labels(self, batch: Batch, labels: torch.Tensor) -> Batch:
+        """The batch with new class labels."""
+        return {**batch, "y": labels}
+
+    def nearest_wrong_labels(self, model: nn.Module, batch: Batch, step: float) -> torch.Tensor:
+        """Boundary Shrink's neighbour search: the class predicted after an FGSM step of size ``step`` on the input.
+
+        If the step does not leave the true class, the runner-up class of the perturbed input is used instead.
+        """
+        x = batch["x"].detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), batch["y"])
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            logits = model(x + step * grad.sign())
+            logits.scatter_(1, batch["y"][:, None], float("-inf"))
+            return logits.argmax(1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:

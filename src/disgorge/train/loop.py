@@ -27,6 +27,17 @@ class NonFiniteLoss(DisgorgeError):
 
 
 @dataclass
+class Guard:
+    """A utility check run every ``every`` steps. When ``check(model)`` fails ``patience`` times in a row (a
+    transient dip is tolerated), the last state that passed is restored and training stops
+    (``stopped = "guard"``); a final state that fails is also replaced by the last one that passed."""
+
+    check: Callable[[nn.Module], bool]
+    every: int = 10
+    patience: int = 10
+
+
+@dataclass
 class FitResult:
     """What a run of :func:`fit` did."""
 
@@ -55,6 +66,10 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -62,10 +77,13 @@ def _finite(model: nn.Module) -> bool:
 def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: torch.optim.Optimizer, *,
         epochs: int = 1, max_steps: int | None = None, max_seconds: float | None = None,
         description: str = "training", max_rollbacks: int = 4,
-        should_stop: Callable[[], bool] | None = None) -> FitResult:
+        should_stop: Callable[[], bool] | None = None,
+        after_backward: Callable[[nn.Module], None] | None = None, guard: Guard | None = None) -> FitResult:
     """Run ``epochs`` passes over ``loader``, stepping ``optimizer`` on ``loss_fn(model, batch)``.
 
     Stops early at ``max_steps`` optimiser steps, after ``max_seconds``, or when ``should_stop()`` is true.
+    ``after_backward(model)`` may edit gradients before each step (masks, clipping). ``guard`` rolls back to the
+    last state that kept the model's utility and stops.
     A step that gives a non-finite loss or weights is rolled back to the state before the epoch and the learning
     rate halved; after ``max_rollbacks`` such rollbacks :class:`NonFiniteLoss` is raised.
     """
@@ -79,10 +97,12 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     if max_steps is not None and total is not None:
         total = min(total, max_steps)
     model.train()
+    good = _snapshot(model) if guard is not None else None
+    strikes = 0
     with _progress.bar(description, total) as bar:
         epoch = 0
         while epoch < epochs:
-            snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            snapshot = _snapshot(model)
             opt_snapshot = optimizer.state_dict()
             diverged = False
             for batch in loader:
@@ -92,6 +112,8 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
                     diverged = True
                     break
                 loss.backward()
+                if after_backward is not None:
+                    after_backward(model)
                 optimizer.step()
                 result.steps += 1
                 value = float(loss.detach())
@@ -100,6 +122,15 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
                 if result.steps % 50 == 0 and not _finite(model):
                     diverged = True
                     break
+                if guard is not None and result.steps % guard.every == 0:
+                    if _finite(model) and guard.check(model):
+                        good, strikes = _snapshot(model), 0
+                    else:
+                        strikes += 1
+                        if strikes >= guard.patience:
+                            model.load_state_dict(good)
+                            result.stopped = "guard"
+                            break
                 if _stop(result, start, max_steps, max_seconds, should_stop):
                     break
             if diverged or not _finite(model):
@@ -118,6 +149,9 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
             result.epochs = epoch
             if result.stopped != "done":
                 break
+    if guard is not None and result.stopped != "guard" and not guard.check(model):
+        model.load_state_dict(good)
+        result.stopped = "guard"
     result.seconds = time.perf_counter() - start
     return result
 
@@ -144,4 +178,4 @@ def set_seed_everywhere(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-__all__ = ["FitResult", "LossFn", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss"]
+__all__ = ["FitResult", "Guard", "LossFn", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss"]

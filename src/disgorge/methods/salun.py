@@ -1,0 +1,63 @@
+"""``salun``: random labelling restricted to the weights most salient for the forget set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .random_label import random_label_fit
+from .registry import register
+
+
+@register
+class SalUn(Method):
+    """SalUn (Fan et al., ICLR 2024): weight saliency = |gradient of the forget loss|; the top ``ratio`` of weights
+    (over the whole network) form a mask, and random-label unlearning updates only those weights."""
+
+    name: ClassVar[str] = "salun"
+    family: ClassVar[str] = "parameter-level"
+    summary: ClassVar[str] = "random labelling on the weights whose forget-loss gradient is largest"
+    paper: ClassVar[str] = ("Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, "
+                            "ICLR 2024")
+    needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "labels"})
+
+    @dataclass
+    class Config(MethodConfig):
+        """SalUn settings."""
+
+        epochs: int = option(2, "passes over the retain set", low=1)
+        lr: float = lr_option(1e-3)
+        forget_weight: float = option(0.3, "weight of the random-label forget loss", low=0)
+        ratio: float = option(0.5, "share of weights in the saliency mask", low=0, high=1)
+
+    def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
+        self.mask_ = self.saliency_mask(model, request)
+        mask = self.mask_
+
+        def masked(m: nn.Module) -> None:
+            for n, p in m.named_parameters():
+                if p.grad is not None:
+                    p.grad.mul_(mask[n])
+
+        self.fit_result_ = random_label_fit(self, model, request, after_backward=masked)
+        return model
+
+    def saliency_mask(self, model: nn.Module, request: UnlearnRequest) -> dict[str, torch.Tensor]:
+        """1 for the ``ratio`` share of weights with the largest |grad of the forget loss|, else 0."""
+        task = request.task
+        model.zero_grad(set_to_none=True)
+        for batch in request.loader("forget", shuffle=False):
+            task.per_example_loss(model, batch).sum().backward()
+        grads = {n: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
+                 for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        flat = torch.cat([g.flatten() for g in grads.values()])
+        k = round(self.config.ratio * flat.numel())
+        if k == 0:
+            return {n: torch.zeros_like(g) for n, g in grads.items()}
+        threshold = torch.topk(flat, k, sorted=True).values[-1]
+        return {n: (g >= threshold).to(g.dtype) for n, g in grads.items()}
