@@ -144,3 +144,43 @@ def test_random_selection_is_reproducible(backdoor_ws):
     assert a == select(backdoor_ws, random_fraction=0.1, seed=4)
     assert a != select(backdoor_ws, random_fraction=0.1, seed=5)
     assert len(a) == round(0.1 * 1437)
+
+
+def test_failed_verification_aborts_unless_accepted(backdoor_ws, trained_id):
+    """A result that fails its checks is not committed: nothing erased, the rejected certificate kept to read."""
+    from disgorge.erasure import VerificationFailed
+
+    def models():
+        return sorted((m.id, m.status) for m in backdoor_ws.ledger.models(kinds=("trained", "unlearned")))
+
+    before, before_models = _state(backdoor_ws), models()
+    with pytest.raises(VerificationFailed, match="effect_gap") as info:
+        forget(backdoor_ws, sources=["contributor-07"], method="finetune", options={"epochs": 1, "lr": 1e-5})
+    after = _state(backdoor_ws)
+    assert after[1:4] == before[1:4], "records, requests and tombstones unchanged"
+    assert models() == before_models, "no unlearned model committed (only the clean reference is cached)"
+    assert {p.name for p in backdoor_ws.models_dir.iterdir()} == {m.id for m in backdoor_ws.ledger.models()}
+    path = Path(str(info.value).split("certificate: ")[1].split(")")[0])
+    rejected = json.loads(path.read_text())
+    assert rejected["outcome"] == "rejected" and not rejected["passed"]
+    kept = forget(backdoor_ws, sources=["contributor-07"], method="finetune", options={"epochs": 1, "lr": 1e-5},
+                  accept_failed=True)
+    assert not kept.certificates[0]["passed"] and kept.erased
+    assert backdoor_ws.ledger.model(trained_id).status == "superseded"
+
+
+def test_auto_keeps_the_method_closest_to_retraining(backdoor_ws):
+    """--method auto tries every suitable method and keeps the smallest Avg Gap, recording the comparison."""
+    result = forget(backdoor_ws, sources=["contributor-07"], method="auto")
+    cert = result.certificates[0]
+    tried = cert["auto"]["candidates"]
+    ran = [t for t in tried if "avg_gap" in t]
+    assert {t["method"] for t in tried} >= {"grad_diff", "ssd", "scrub", "newton"}
+    assert any("skipped" in t for t in tried if t["method"] == "newton"), "newton cannot serve an MLP"
+    assert cert["avg_gap"] == min(t["avg_gap"] for t in ran)
+    assert cert["method"] == cert["auto"]["chosen"] == result.children[0].method
+    grad_diff = next(t for t in ran if t["method"] == "grad_diff")
+    assert cert["avg_gap"] <= grad_diff["avg_gap"]
+    assert cert["passed"]
+    on_disk = {p.name for p in backdoor_ws.models_dir.iterdir()}
+    assert on_disk == {m.id for m in backdoor_ws.ledger.models()}, "losing candidates leave no model folder"

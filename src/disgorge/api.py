@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_file
-from .erasure import ForgetResult, forget
+from .erasure import ForgetResult, VerificationFailed, forget
 from .errors import InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
 from .ledger import IngestResult, ModelRow
@@ -19,7 +19,7 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgetResult", "erase", "forget", "ingest_file", "ingest_scenario", "train", "verify"]
+__all__ = ["ForgetResult", "VerificationFailed", "erase", "forget", "ingest_file", "ingest_scenario", "train", "verify"]
 
 
 def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:

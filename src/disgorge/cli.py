@@ -179,8 +179,12 @@ def forget(
                       ] = None,
     seed: Annotated[int, typer.Option(help="seed for --random")] = 0,
     model: Annotated[str | None, typer.Option(help="only this model (default: every model that saw them)")] = None,
-    method: Annotated[str, typer.Option(help="unlearning method (see `disgorge methods`)")] = "grad_diff",
+    method: Annotated[str, typer.Option(help="unlearning method (see `disgorge methods`), or auto")] = "grad_diff",
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="method option KEY=VALUE")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="time budget of the method, in seconds")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="step budget of the method")] = None,
+    budget: Annotated[float, typer.Option(help="--method auto: each candidate's share of the training time")] = 0.5,
+    accept_failed: Annotated[bool, typer.Option(help="commit and erase even if verification fails")] = False,
     reason: Annotated[str, typer.Option(help="why the records are erased (kept in the ledger)")] = "",
     verify: Annotated[bool, typer.Option(help="verify against a retrained reference before erasing")] = True,
     defer_erase: Annotated[bool, typer.Option(help="hold the payloads (for `disgorge verify`) until "
@@ -189,9 +193,11 @@ def forget(
 ) -> None:
     """Remove records' effect from every model that saw them, verify, and erase the records."""
     with _ws(workspace) as ws:
+        options = _parse_options(option)
+        options.update({k: v for k, v in (("max_seconds", max_seconds), ("max_steps", max_steps)) if v is not None})
         result = api.forget(ws, sources=source or (), records=_parse_ids(records), random_fraction=random, seed=seed,
-                            model=model, method=method, options=_parse_options(option), reason=reason,
-                            verify=verify, erase=not defer_erase)
+                            model=model, method=method, options=options, reason=reason, verify=verify,
+                            erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget)
         out.print(f"request {result.request_id}: {result.records} records; "
                   f"{len(result.children)} model(s) unlearned with {method}: "
                   + ", ".join(f"{c.parent} -> {c.id}" for c in result.children))
@@ -237,7 +243,7 @@ def requests(workspace: WorkspaceOpt = Path(".")) -> None:
 @app.command()
 def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the workspace and certificate")] = Path(
              "demo-output"),
-         method: Annotated[str, typer.Option(help="unlearning method")] = "grad_diff",
+         method: Annotated[str, typer.Option(help="unlearning method, or auto")] = "grad_diff",
          scenario: Annotated[str, typer.Option(help="bundled scenario")] = "digits-backdoor") -> None:
     """The main job on bundled data: ingest, train, forget the poisoned contributor, verify."""
     from .demo import run_demo
@@ -257,6 +263,19 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
     for row in figure_rows(cert):
         table.add_row(*row)
     out.print(table)
+    if "auto" in cert:
+        tried = Table(title=f"--method auto: each method within {cert['auto']['budget_seconds_each']:.2f}s",
+                      show_lines=False)
+        for col in ("method", "Avg Gap", "effect", "TA", "seconds", "verification"):
+            tried.add_column(col, justify="left" if col in ("method", "verification") else "right")
+        for t in sorted(cert["auto"]["candidates"], key=lambda t: t.get("avg_gap", float("inf"))):
+            if "skipped" in t:
+                tried.add_row(t["method"], "-", "-", "-", "-", f"skipped: {t['skipped']}")
+            else:
+                tried.add_row(t["method"], f"{t['avg_gap']:.2f}", "-" if t["effect"] is None else f"{t['effect']:.2f}",
+                              f"{t['ta']:.2f}", f"{t['seconds']:.2f}", "passed" if t["passed"] else "failed")
+        out.print(tried)
+        out.print(f"auto chose {cert['auto']['chosen']}; all candidates took {cert['auto']['total_seconds']:.2f}s")
     verdict = "[green]PASSED[/]" if cert["passed"] else "[red]FAILED[/]"
     failed = [k for k, v in cert["checks"].items() if not v["passed"]]
     out.print(f"time: method {cert['seconds']['method']:.2f}s vs retrain {cert['seconds']['retrain']:.2f}s "

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap
 
-from .errors import InvalidRequest
+from .errors import DisgorgeError, InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
 from .ledger import ModelRow
-from .methods import UnlearnRequest, get_method
+from .methods import METHODS, UnlearnRequest, get_method
 from .train.recipe import Recipe
 from .train.trainer import save_model
 
 log = logging.getLogger(__name__)
+
+AUTO = "auto"
+AUTO_BUDGET = 0.5  # each candidate of --method auto may take this share of the original training time
 
 
 @dataclass
@@ -80,13 +83,28 @@ def affected_models(ws: Any, ids: BitMap, model: str | None = None) -> list[Mode
     return [m for m in ws.ledger.models(kinds=("trained", "unlearned"), status="active") if m.records & ids]
 
 
+class VerificationFailed(DisgorgeError):
+    """The unlearned model failed its certificate's checks; nothing was committed or erased."""
+
+
 def forget(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (), random_fraction: float | None = None,
-           seed: int = 0, model: str | None = None, method: str = "finetune", options: dict[str, Any] | None = None,
-           reason: str = "", verify: bool = True, erase: bool = True,
-           thresholds: Thresholds | None = None) -> ForgetResult:
-    """Remove the selected records' effect from every model that saw them, verify, then erase them."""
+           seed: int = 0, model: str | None = None, method: str = "grad_diff", options: dict[str, Any] | None = None,
+           reason: str = "", verify: bool = True, erase: bool = True, thresholds: Thresholds | None = None,
+           accept_failed: bool = False, budget_fraction: float = AUTO_BUDGET) -> ForgetResult:
+    """Remove the selected records' effect from every model that saw them, verify, then erase them.
+
+    ``method="auto"`` tries every suitable method, each within ``budget_fraction`` of the parent's training time,
+    and keeps the one closest to the retrained reference (smallest Avg Gap). A result that fails verification
+    aborts the request (nothing erased, the rejected certificate kept for inspection) unless ``accept_failed``.
+    """
     ids = select(ws, sources=sources, records=records, random_fraction=random_fraction, seed=seed)
-    unlearner = get_method(method, **(options or {}))
+    if method == AUTO:
+        if not verify:
+            raise InvalidRequest("--method auto chooses by verification; it cannot run with --no-verify")
+        _auto_options(options)
+        unlearner = None
+    else:
+        unlearner = get_method(method, **(options or {}))
     parents = affected_models(ws, ids, model)
     for p in parents:
         if not p.records - ids:
@@ -101,10 +119,22 @@ def forget(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (),
     certificates: list[dict[str, Any]] = []
     try:
         for parent in parents:
-            child, cert = _unlearn_one(ws, parent, ids, unlearner, request_id, verify, thresholds)
+            if unlearner is None:
+                child, cert = _auto_one(ws, parent, ids, request_id, thresholds, options or {}, budget_fraction)
+            else:
+                child, cert = _unlearn_one(ws, parent, ids, unlearner, request_id, verify, thresholds)
             children.append(child)
-            if cert is not None:
-                certificates.append(cert)
+            if cert is None:
+                continue
+            certificates.append(cert)
+            if not cert["passed"] and not accept_failed:
+                cert["outcome"] = "rejected"
+                path = write_certificate(ws, cert)["json"]
+                failed = ", ".join(f"{k} {v['value']} (limit {v['limit']})" for k, v in cert["checks"].items()
+                                   if not v["passed"])
+                raise VerificationFailed(f"{cert['method']} on {parent.id} failed verification: {failed}; nothing was "
+                                         f"erased (certificate: {path}). Try --method auto, another method, or "
+                                         "--accept-failed to keep it anyway")
         results = {"children": [c.id for c in children],
                    "certificates": {c["models"]["child"]["id"]: c for c in certificates}}
         ws.ledger.commit_request(request_id=request_id, selector=selector, reason=reason, method=method,
@@ -117,6 +147,55 @@ def forget(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (),
     paths = {c["models"]["child"]["id"]: write_certificate(ws, c) for c in certificates}
     log.info("request %d: %d records, %d model(s) unlearned, erased=%s", request_id, len(ids), len(children), erase)
     return ForgetResult(request_id, len(ids), children, certificates, paths, erase)
+
+
+def _auto_options(options: dict[str, Any] | None) -> None:
+    extra = sorted(set(options or {}) - {"max_steps", "max_seconds", "max_retain_drop"})
+    if extra:
+        raise InvalidRequest(f"--method auto runs every method with its defaults; options {', '.join(extra)} belong "
+                             "to a named method")
+
+
+def training_seconds(ws: Any, row: ModelRow) -> float:
+    """Wall-clock of the training run at the root of a model's lineage."""
+    while row.kind != "trained" and row.parent is not None:
+        row = ws.ledger.model(row.parent)
+    return row.seconds
+
+
+def auto_candidates() -> list[str]:
+    """Methods ``auto`` tries: every registered method except exact retraining."""
+    return [name for name in METHODS.names() if name != "retrain"]
+
+
+def _auto_one(ws: Any, parent: ModelRow, ids: BitMap, request_id: int, thresholds: Thresholds | None,
+              options: dict[str, Any], budget_fraction: float) -> tuple[ModelRow, dict[str, Any]]:
+    budget = max(budget_fraction * training_seconds(ws, parent), 0.05)
+    tried: list[dict[str, Any]] = []
+    best: tuple[ModelRow, dict[str, Any]] | None = None
+    for name in auto_candidates():
+        unlearner = get_method(name, **{"max_seconds": budget, **options})
+        log.info("auto: trying %s (budget %.2fs)", name, budget)
+        try:
+            child, cert = _unlearn_one(ws, parent, ids, unlearner, request_id, True, thresholds)
+        except InvalidRequest as exc:
+            tried.append({"method": name, "skipped": str(exc)})
+            continue
+        tried.append({"method": name, "avg_gap": cert["avg_gap"], "seconds": cert["seconds"]["method"],
+                      "passed": cert["passed"], "effect": cert["metrics"]["unlearned"]["effect"],
+                      "ta": cert["metrics"]["unlearned"]["ta"]})
+        if best is None or cert["avg_gap"] < best[1]["avg_gap"]:
+            if best is not None:
+                shutil.rmtree(ws.model_dir(best[0].id), ignore_errors=True)
+            best = (child, cert)
+        else:
+            shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
+    if best is None:
+        raise InvalidRequest(f"--method auto found no method that could serve model {parent.id}")
+    child, cert = best
+    cert["auto"] = {"budget_seconds_each": round(budget, 4), "chosen": cert["method"], "candidates": tried,
+                    "total_seconds": round(sum(t.get("seconds", 0.0) for t in tried), 4)}
+    return child, cert
 
 
 def _unlearn_one(ws: Any, parent: ModelRow, ids: BitMap, unlearner: Any, request_id: int, verify: bool,

@@ -43,6 +43,7 @@ class Newton(Method):
 
         max_residual: float = option(1e-3, "refuse when ||grad of the retain objective|| after the step exceeds this",
                                      low=0)
+        steps: int = option(1, "Newton steps (1 is Guo et al.'s removal; more for a large removal)", low=1)
         cg_iters: int = option(200, "conjugate-gradient iterations for H^-1 g", low=1)
         cg_tol: float = option(1e-9, "relative conjugate-gradient tolerance", low=0)
 
@@ -67,27 +68,30 @@ class Newton(Method):
             reg = sum((p ** 2).sum() for p in params)
             return task.per_example_loss(model, batch).mean() + 0.5 * lam * reg
 
-        grad = _flat(torch.autograd.grad(objective(), params))
-        before = float(grad.norm())
-
         def hvp(v: torch.Tensor) -> torch.Tensor:
             g = _flat(torch.autograd.grad(objective(), params, create_graph=True))
             return _flat(torch.autograd.grad(g @ v, params)).detach()
 
-        step, iters = _conjugate_gradient(hvp, grad.detach(), self.config.cg_iters, self.config.cg_tol)
-        with torch.no_grad():
-            offset = 0
-            for p in params:
-                p.sub_(step[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
+        before = float(_flat(torch.autograd.grad(objective(), params)).norm())
+        iters, moved = 0, 0.0
+        for _ in range(self.config.steps):
+            grad = _flat(torch.autograd.grad(objective(), params)).detach()
+            step, n = _conjugate_gradient(hvp, grad, self.config.cg_iters, self.config.cg_tol)
+            iters, moved = iters + n, moved + float(step.norm())
+            with torch.no_grad():
+                offset = 0
+                for p in params:
+                    p.sub_(step[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
         residual = float(_flat(torch.autograd.grad(objective(), params)).norm())
         self.report_ = {"gradient_residual": residual, "residual_bound": self.config.max_residual,
-                        "gradient_norm_before": before, "cg_iterations": iters, "step_norm": float(step.norm())}
+                        "gradient_norm_before": before, "newton_steps": self.config.steps, "cg_iterations": iters,
+                        "step_norm": moved}
         if residual > self.config.max_residual:
             raise ResidualTooLarge(
                 f"newton: gradient residual {residual:.3g} exceeds the bound {self.config.max_residual:g}; removal is "
                 "not certified. Raise -o max_residual=..., train longer to reach the optimum, or use another method")
-        self.fit_result_ = FitResult(steps=1, stopped="done")
+        self.fit_result_ = FitResult(steps=self.config.steps, stopped="done")
         return model
 
 
