@@ -68,7 +68,7 @@ def test_verify_after_erasure_returns_recorded_certificate(backdoor_ws):
 def test_deferred_erase_lets_verify_recompute(backdoor_ws):
     """With erase deferred, verify recomputes the same figures; `erase` then deletes the held payloads."""
     ws = backdoor_ws
-    result = forget(ws, sources=["contributor-07"], method="finetune", erase=False)
+    result = forget(ws, sources=["contributor-07"], method="grad_diff", erase=False)
     assert ws.ledger.count_records().get("held") == 72 and ws.ledger.tombstone_count() == 0
     again = verify(ws, result.children[0].id)
     assert again["metrics"] == json.loads(json.dumps(result.certificates[0]["metrics"]))
