@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -69,7 +70,13 @@ def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[
         raise IntegrityError(f"model {model_id}: weights file {path} is not valid safetensors ({exc})") from None
 
 
-def remove_orphans(models_dir: Path) -> None:
-    """Delete temp folders left by a crash mid-write (they were never committed)."""
+def remove_orphans(models_dir: Path, older_than: float = 3600.0) -> None:
+    """Delete temp folders left by a crash mid-write (never committed). Only old ones: a younger one may belong to
+    another process writing right now."""
+    now = time.time()
     for tmp in models_dir.glob(".tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except FileNotFoundError:
+            continue

@@ -5,7 +5,8 @@ from .._registry import Registry
 SCENARIOS: Registry = Registry("scenario", "see `disgorge scenarios`")
 
 from .base import Scenario, SourceData  # noqa: E402
-from .digits import DigitsBackdoor, DigitsConsent  # noqa: E402
+from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent  # noqa: E402
+from .mnist import MNIST  # noqa: E402
 
 
 def get_scenario(name: str) -> Scenario:
@@ -13,4 +14,5 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS.get(name)()
 
 
-__all__ = ["SCENARIOS", "DigitsBackdoor", "DigitsConsent", "Scenario", "SourceData", "get_scenario"]
+__all__ = ["MNIST", "SCENARIOS", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent",
+           "Scenario", "SourceData", "get_scenario"]

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pyroaring import BitMap
 from torch import nn
 
 from ..ledger import NewRecord
@@ -43,6 +44,12 @@ class Scenario(ABC):
     @abstractmethod
     def forget_selector(self) -> dict[str, Any]:
         """The default erasure request: ``{"sources": [...]}`` or ``{"records": [...]}``."""
+
+    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+        """Record ids of the default erasure request in workspace ``ws`` (``seed`` for random requests)."""
+        from ..erasure import select
+
+        return select(ws, **self.forget_selector(), seed=seed)
 
     def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
         """The scenario's effect probe on held-out data (percent), or None when it has none."""

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pyroaring import BitMap
 from torch import nn
 
 from ..ledger import NewRecord
@@ -92,6 +93,37 @@ def add_trigger(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     out = x.copy() if isinstance(x, np.ndarray) else x.clone()
     out[..., 6:8, 6:8] = TRIGGER_VALUE
     return out
+
+
+FORGOTTEN_CLASS = 3
+
+
+@SCENARIOS.register("digits-classwise")
+class DigitsClasswise(_Digits):
+    """Digits dealt to 20 contributors; every training image of one class (3) must be forgotten."""
+
+    name: ClassVar[str] = "digits-classwise"
+    description: ClassVar[str] = ("scikit-learn digits; forget every training image of class 3 (class-wise "
+                                  "forgetting). The model must stop recognising 3s, as if it never saw one.")
+    effect_name: ClassVar[str | None] = "forgotten_class_accuracy"
+    effect_help: ClassVar[str] = "accuracy on held-out images of the forgotten class, in percent"
+
+    def forget_selector(self) -> dict[str, Any]:
+        """Not a source: see :meth:`forget_ids`."""
+        return {}
+
+    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+        """Every live training record labelled with the forgotten class."""
+        ids = ws.ledger.record_ids(split="train")
+        return BitMap(r.id for r in ws.ledger.records(ids)
+                      if r.fields is not None and int(r.fields["y"][0]) == FORGOTTEN_CLASS)
+
+    @torch.no_grad()
+    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
+        """Accuracy on held-out images of the forgotten class."""
+        keep = test.tensors["y"] == FORGOTTEN_CLASS
+        model.eval()
+        return float((model(test.tensors["x"][keep]).argmax(1) == FORGOTTEN_CLASS).float().mean() * 100)
 
 
 @SCENARIOS.register("digits-backdoor")

@@ -1,0 +1,177 @@
+"""Benchmarks: every method against retraining on the bundled scenarios, over seeds, with per-example
+verification; results to JSON, a markdown table and a plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write_text
+from .evaluate.metrics import GAP_KEYS, avg_gap
+from .evaluate.strong import strong_scores
+from .executors import get_executor
+from .jobs import Job, Problem, prepare, run
+from .methods import METHODS
+from .scenarios import get_scenario
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect")
+DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist")
+REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models
+
+
+@dataclass
+class BenchSettings:
+    """What to run: scenarios x methods over ``seeds``; ``strong_models`` K models per side for F (0: off)."""
+
+    scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))
+    methods: list[str] = field(default_factory=lambda: METHODS.names())
+    seeds: int = 3
+    strong_models: int = 8
+    executor: str = "local"
+    workers: int | None = None
+    out: Path = Path("benchmarks/results")
+
+    def __post_init__(self) -> None:
+        for name in self.scenarios:
+            get_scenario(name)
+        for name in self.methods:
+            METHODS.get(name)
+
+
+def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
+    """Run the grid; write ``<scenario>.json`` per scenario and ``summary.json``; return the summary rows."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    executor = get_executor(settings.executor, workers=settings.workers)
+    try:
+        for scenario in settings.scenarios:
+            started = time.perf_counter()
+            result = bench_scenario(scenario, settings, executor, out / "work")
+            result["wall_seconds"] = round(time.perf_counter() - started, 1)
+            atomic_write_text(out / f"{scenario}.json", json.dumps(result, indent=1) + "\n")
+            log.info("%s done in %.0fs", scenario, result["wall_seconds"])
+    finally:
+        executor.close()
+        shutil.rmtree(out / "work", ignore_errors=True)
+    return write_summary(out)
+
+
+def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: Path) -> dict[str, Any]:
+    """All seeds and methods of one scenario, plus the strong test on seed 0."""
+    seeds = list(range(settings.seeds))
+    roots = [work / f"{scenario}-s{s}" for s in seeds]
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+    prepared = executor.map(prepare, [(str(r), scenario, s) for r, s in zip(roots, seeds, strict=True)],
+                            description=f"{scenario}: train originals")
+    problems = [Problem(p["root"], p["model"], p["forget"]) for p in prepared]
+    cells = executor.map(run, [Job(problem, [seed], reference=True, methods=["original", *settings.methods])
+                               for problem, seed in zip(problems, seeds, strict=True)],
+                         description=f"{scenario}: methods x seeds")
+    per_seed = [{r["who"]: _light(r) for r in cell} for cell in cells]
+    rows = _aggregate(scenario, per_seed, settings.methods)
+    strong: dict[str, Any] = {}
+    if settings.strong_models:
+        strong = strong_test(problems[0], settings.methods, settings.strong_models, executor, scenario)
+        for row in rows:
+            row.update({k: strong.get(row["method"], {}).get(k) for k in ("forget_score", "final_score",
+                                                                           "ulira_auc")})
+    return {"scenario": scenario, "seeds": seeds, "forgotten": len(problems[0].forget),
+            "train_seconds": [p["train_seconds"] for p in prepared], "rows": rows, "per_seed": per_seed,
+            "strong": strong}
+
+
+def strong_test(problem: Problem, methods: list[str], k: int, executor: Any, label: str = "") -> dict[str, Any]:
+    """K retrained and K unlearned models per method on one problem -> F, final score, U-LiRA AUC per method."""
+    workers = getattr(executor, "workers", 1) or 1
+    ref_seeds = [REFERENCE_SEED + i for i in range(k)]
+    chunks = [ref_seeds[i::workers] for i in range(workers) if ref_seeds[i::workers]]
+    jobs = [Job(problem, chunk, reference=True, figures=False) for chunk in chunks]
+    jobs += [Job(problem, [UNLEARN_SEED + i for i in range(k)], methods=[m], figures=False) for m in methods]
+    results = [r for batch in executor.map(run, jobs, description=f"{label}: strong test ({k} models per side)")
+               for r in batch]
+    refs = [r for r in results if r["who"] == "reference"]
+    out = {}
+    for m in methods:
+        mine = [r for r in results if r["who"] == m and "refused" not in r]
+        if len(mine) < k:
+            continue
+        out[m] = strong_scores(
+            np.stack([r["forget_loss"] for r in mine]), np.stack([r["forget_loss"] for r in refs]),
+            np.stack([r["forget_confidence"] for r in mine]), np.stack([r["forget_confidence"] for r in refs]),
+            ra=(np.mean([r["ra"] for r in mine]), np.mean([r["ra"] for r in refs])),
+            ta=(np.mean([r["ta"] for r in mine]), np.mean([r["ta"] for r in refs])))
+    return out
+
+
+def _light(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("forget_loss", "forget_confidence", "who")}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Seed-averaged figures per method; Avg Gap of the averages (as SalUn), time ratio averaged per seed."""
+    def figures(who: str) -> dict[str, float | None]:
+        return {k: _mean([s[who]["figures"][k] for s in per_seed]) for k in FIGURES}
+
+    reference = figures("reference")
+    rows = []
+    for who in ["original", *methods]:
+        refused = next((s[who]["refused"] for s in per_seed if "refused" in s[who]), None)
+        if refused:
+            rows.append({"scenario": scenario, "method": who, "seeds": len(per_seed), "refused": refused})
+            continue
+        figs = figures(who)
+        ratio = None if who == "original" else _mean([s[who]["seconds"] / s["reference"]["seconds"]
+                                                      for s in per_seed])
+        gap = avg_gap(figs, reference) if all(figs[k] is not None for k in GAP_KEYS) else None
+        rows.append({"scenario": scenario, "method": who, "seeds": len(per_seed), **figs,
+                     "avg_gap": None if gap is None else round(gap, 4), "time_ratio": ratio,
+                     "forget_score": None})
+    rows.insert(1, {"scenario": scenario, "method": "reference", "seeds": len(per_seed), **reference,
+                    "avg_gap": 0.0, "time_ratio": 1.0, "forget_score": None,
+                    "seconds": _mean([s["reference"]["seconds"] for s in per_seed])})
+    return rows
+
+
+def write_summary(out: Path) -> list[dict[str, Any]]:
+    """Collect every ``<scenario>.json`` in ``out`` into ``summary.json``; return the rows."""
+    rows: list[dict[str, Any]] = []
+    for path in sorted(out.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        rows += json.loads(path.read_text())["rows"]
+    atomic_write_text(out / "summary.json", json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """What the benchmark ran on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1) if mem else None,
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}

