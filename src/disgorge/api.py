@@ -19,7 +19,8 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgetResult", "VerificationFailed", "erase", "forget", "ingest_file", "ingest_scenario", "train", "verify"]
+__all__ = ["ForgetResult", "VerificationFailed", "erase", "forget", "ingest_file", "ingest_scenario", "train",
+           "verify", "verify_strong"]
 
 
 def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
@@ -79,6 +80,43 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
                    forget_ids=parent.records & req.records, request_id=req.id, method=row.method or "",
                    config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds)
+    results = dict(req.results)
+    results.setdefault("certificates", {})[model_id] = cert
+    ws.ledger.set_request_results(req.id, results)
+    write_certificate(ws, cert)
+    return cert
+
+
+def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: str = "local",
+                  workers: int | None = None) -> dict[str, Any]:
+    """Per-example verification of an unlearned model's method: ``models`` retrained and ``models`` unlearned
+    models (other seeds) give the forgetting score F, the challenge's final score and a U-LiRA AUC. The result is
+    added to the certificate under ``strong``. Needs the forget set, so the request must still hold its records.
+    """
+    from .bench import strong_test
+    from .executors import get_executor
+    from .jobs import Problem
+
+    if models < 3:
+        raise InvalidRequest("the strong test needs at least 3 models per side (--models)")
+    row = ws.ledger.model(model_id)
+    if row.kind != "unlearned" or row.request_id is None or row.parent is None:
+        raise InvalidRequest(f"model {model_id} is not the result of an erasure request")
+    req = ws.ledger.request(row.request_id)
+    if req.status == "erased":
+        raise InvalidRequest(f"request {req.id}'s records are erased, so no new model can be measured on them; "
+                             "use `disgorge forget --defer-erase`, then `verify --strong`, then `disgorge erase`")
+    cert = verify(ws, model_id)
+    parent = ws.ledger.model(row.parent)
+    problem = Problem(str(ws.root), parent.id, sorted(int(i) for i in parent.records & req.records))
+    method = row.method or ""
+    runner = get_executor(executor, workers=workers)
+    try:
+        job_options = {method: {k: v for k, v in row.info.get("config", {}).items()}}
+        strong = strong_test(problem, [method], models, runner, f"verify {model_id}", options=job_options)[method]
+    finally:
+        runner.close()
+    cert["strong"] = strong
     results = dict(req.results)
     results.setdefault("certificates", {})[model_id] = cert
     ws.ledger.set_request_results(req.id, results)

@@ -92,13 +92,15 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: 
             "strong": strong}
 
 
-def strong_test(problem: Problem, methods: list[str], k: int, executor: Any, label: str = "") -> dict[str, Any]:
+def strong_test(problem: Problem, methods: list[str], k: int, executor: Any, label: str = "",
+                options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """K retrained and K unlearned models per method on one problem -> F, final score, U-LiRA AUC per method."""
     workers = getattr(executor, "workers", 1) or 1
     ref_seeds = [REFERENCE_SEED + i for i in range(k)]
     chunks = [ref_seeds[i::workers] for i in range(workers) if ref_seeds[i::workers]]
     jobs = [Job(problem, chunk, reference=True, figures=False) for chunk in chunks]
-    jobs += [Job(problem, [UNLEARN_SEED + i for i in range(k)], methods=[m], figures=False) for m in methods]
+    jobs += [Job(problem, [UNLEARN_SEED + i for i in range(k)], methods=[m], options=options or {}, figures=False)
+             for m in methods]
     results = [r for batch in executor.map(run, jobs, description=f"{label}: strong test ({k} models per side)")
                for r in batch]
     refs = [r for r in results if r["who"] == "reference"]

@@ -209,14 +209,64 @@ def forget(
 
 @app.command()
 def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
+           strong: Annotated[bool, typer.Option(help="also the per-example test against many retrained models")
+                             ] = False,
+           models: Annotated[int, typer.Option(help="--strong: models per side")] = 8,
+           executor: Annotated[str, typer.Option(help="--strong: local or ray")] = "local",
+           workers: Annotated[int | None, typer.Option(help="--strong: parallel workers")] = None,
            workspace: WorkspaceOpt = Path(".")) -> None:
     """Compare an unlearned model with its parent and a model retrained without the forgotten records."""
     with _ws(workspace) as ws:
-        cert = api.verify(ws, model)
+        if strong:
+            cert = api.verify_strong(ws, model, models=models, executor=executor, workers=workers)
+        else:
+            cert = api.verify(ws, model)
         path = ws.report_dir(cert["request"]) / model / "certificate.json"
         _print_certificate(cert, str(path))
+        if "strong" in cert:
+            s = cert["strong"]
+            out.print(f"strong test ({s['models']} models per side, {s['examples']} forget examples): forgetting "
+                      f"score F {s['forget_score']:.3f}, final score {s['final_score']:.3f}, U-LiRA AUC "
+                      f"{s['ulira_auc']:.1f}% (50 = indistinguishable from retraining)")
         if not cert["passed"]:
             raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    scenario: Annotated[list[str] | None, typer.Option(help="scenario (repeatable; default: the bench set)")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated methods (default: all)")] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per scenario")] = 3,
+    strong_models: Annotated[int, typer.Option(help="models per side of the per-example test (0: skip)")] = 8,
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    workers: Annotated[int | None, typer.Option(help="parallel workers (default: the CPU count)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("benchmarks/results"),
+    report: Annotated[Path | None, typer.Option(help="write this markdown report (e.g. BENCHMARKS.md)")] = None,
+) -> None:
+    """Every method against retraining on the bundled scenarios; results JSON, summary and a report."""
+    import time as _time
+
+    from .bench import DEFAULT_SCENARIOS, BenchSettings, machine, run_bench
+    from .methods import METHODS
+    from .report.benchmarks import write_report
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else METHODS.names()
+    settings = BenchSettings(scenarios=list(scenario or DEFAULT_SCENARIOS), methods=chosen, seeds=seeds,
+                             strong_models=strong_models, executor=executor, workers=workers, out=out_dir)
+    started = _time.perf_counter()
+    rows = run_bench(settings)
+    wall = _time.perf_counter() - started
+    if report is not None:
+        command = "disgorge bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "disgorge bench"
+        write_report(out_dir, report, command=command, machine=machine(), wall_seconds=wall)
+    table = Table("scenario", "method", "Avg Gap", "time / retrain", "F")
+    for r in rows:
+        if "refused" not in r:
+            table.add_row(r["scenario"], r["method"], f"{r['avg_gap']:.2f}",
+                          "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}",
+                          "-" if r.get("forget_score") is None else f"{r['forget_score']:.3f}")
+    out.print(table)
+    out.print(f"results in {out_dir}" + (f"; report {report}" if report else "") + f" ({wall / 60:.1f} min)")
 
 
 @app.command()

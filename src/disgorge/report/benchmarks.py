@@ -1,0 +1,144 @@
+"""BENCHMARKS.md and its plot, from ``benchmarks/results/*.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_text
+
+COLUMNS = [("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia_efficacy", "MIA-eff."), ("effect", "effect"),
+           ("avg_gap", "Avg Gap"), ("time_ratio", "time / retrain"), ("forget_score", "F"),
+           ("final_score", "F x RA x TA"), ("ulira_auc", "U-LiRA AUC")]
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def scenario_table(result: dict[str, Any]) -> list[str]:
+    """Markdown rows of one scenario, the original and the reference first, then methods by Avg Gap."""
+    rows = result["rows"]
+    fixed = [r for r in rows if r["method"] in ("original", "reference")]
+    ranked = sorted((r for r in rows if r["method"] not in ("original", "reference") and "refused" not in r),
+                    key=lambda r: r["avg_gap"])
+    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for r in fixed + ranked:
+        digits = {"time_ratio": 3, "forget_score": 3, "final_score": 3}
+        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(k), digits.get(k, 2)) for k, _ in COLUMNS) + " |")
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['method']} | refused: {r['refused']} |" + " |" * (len(COLUMNS) - 1))
+    return lines
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The issue's targets for this scenario, each marked met (by which methods) or missed (with the closest)."""
+    rows = {r["method"]: r for r in result["rows"] if "refused" not in r}
+    ref, orig = rows["reference"], rows["original"]
+    methods = [r for name, r in rows.items() if name not in ("original", "reference", "retrain")]
+    if result["scenario"] == "digits-backdoor":
+        text = ("attack success within 2 points of retraining, test accuracy within 1 point, Avg Gap <= 2.0, "
+                "time <= 10% of retraining")
+
+        def ok(r: dict[str, Any]) -> bool:
+            return (abs(r["effect"] - ref["effect"]) <= 2 and abs(r["ta"] - ref["ta"]) <= 1 and r["avg_gap"] <= 2.0
+                    and r["time_ratio"] <= 0.10)
+    elif result["scenario"] == "mnist":
+        text = (f"Avg Gap <= 1.0 and at most a third of the original's ({orig['avg_gap']:.2f}), time <= 5% of "
+                "retraining")
+
+        def ok(r: dict[str, Any]) -> bool:
+            return r["avg_gap"] <= min(1.0, orig["avg_gap"] / 3) and r["time_ratio"] <= 0.05
+    else:
+        return []
+    met = [r["method"] for r in methods if ok(r)]
+    if met:
+        return [f"Target ({text}): **met** by {', '.join(met)}."]
+    best = min(methods, key=lambda r: r["avg_gap"])
+    fast = [r for r in methods if r["time_ratio"] <= (0.10 if result["scenario"] == "digits-backdoor" else 0.05)]
+    closest = min(fast, key=lambda r: r["avg_gap"]) if fast else None
+    line = (f"Target ({text}): **missed**. Smallest Avg Gap: {best['method']} at {best['avg_gap']:.2f} "
+            f"({best['time_ratio']:.3f} of retraining, TA {best['ta']:.2f} vs {ref['ta']:.2f}")
+    if best.get("effect") is not None:
+        line += f", effect {best['effect']:.2f} vs {ref['effect']:.2f}"
+    line += ")"
+    if closest is not None:
+        line += f"; within the time budget: {closest['method']} at {closest['avg_gap']:.2f}"
+    return [line + "."]
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Avg Gap against time ratio, one panel per scenario (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.5), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        rows = [r for r in result["rows"] if "refused" not in r and r.get("time_ratio") is not None
+                and r["method"] != "reference"]
+        for r in rows:
+            ax.scatter(r["time_ratio"], r["avg_gap"], s=30)
+            ax.annotate(r["method"], (r["time_ratio"], r["avg_gap"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        orig = next(r for r in result["rows"] if r["method"] == "original")
+        ax.axhline(orig["avg_gap"], color="grey", linestyle="--", linewidth=1, label="original (do nothing)")
+        ax.set_xscale("log")
+        ax.set_xlabel("time / retraining time (log)")
+        ax.set_ylabel("Avg Gap to retraining (points)")
+        ax.set_title(result["scenario"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results_dir: Path, report: Path, *, command: str, machine: dict[str, Any],
+                 wall_seconds: float) -> None:
+    """Write ``report`` (markdown) and ``results_dir/avg_gap_vs_time.png`` from the results JSON files."""
+    results = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))
+               if p.name != "summary.json"]
+    png = Path(results_dir) / "avg_gap_vs_time.png"
+    plot(results, png)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` in {wall_seconds / 60:.1f} minutes on {machine['cpu']} ({machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, no GPU; Python {machine['python']}, torch {machine['torch']}). Every figure "
+        "below comes from that run; `benchmarks/results/` holds the raw per-seed results and `summary.json`.",
+        "",
+        "Figures in percent, averaged over seeds (each seed trains its own original model and draws its own forget "
+        "set). UA = 100 - forget accuracy; RA, TA = retain, test accuracy; MIA-eff. = SalUn's SVC membership attack "
+        "(share of the forget set called non-member); effect = the scenario's probe. Avg Gap = mean |method - "
+        "retrained| over UA, RA, TA and MIA-eff. of the seed averages; `reference` is the model retrained from "
+        "scratch without the forget set (same recipe and seed); `original` does nothing. time / retrain = the "
+        "method's wall-clock over retraining's, measured in the same process, averaged over seeds.",
+        "",
+        "F is the NeurIPS 2023 unlearning challenge's forgetting score from K unlearned models (method seeds) and K "
+        "retrained models (other seeds) of seed 0: per forget example the best of a threshold and a logistic "
+        "attack on the loss gives an epsilon; 2/2^bin(epsilon), bins of 0.5, averaged. F x RA x TA is the "
+        "challenge's final score (RA, TA as ratios to retraining). U-LiRA AUC tells unlearned from retrained "
+        "models per example by a Gaussian likelihood ratio, leave-one-out: 50 is indistinguishable. With small K, F "
+        "is biased low even for retraining itself: the `retrain` row (other seeds than the references) is the "
+        "ceiling at this K.",
+        "",
+        f"![Avg Gap against time ratio]({Path(os.path.relpath(png, Path(report).parent)).as_posix()})",
+        "",
+    ]
+    for result in results:
+        k = next(iter(result["strong"].values()), {}).get("models") if result["strong"] else None
+        lines += [f"## {result['scenario']}", "",
+                  f"{len(result['seeds'])} seeds; {result['forgotten']} records forgotten (seed 0); training took "
+                  f"{sum(result['train_seconds']) / len(result['train_seconds']):.1f} s on average; "
+                  + (f"strong test with K = {k} models per side; " if k else "no strong test; ")
+                  + f"scenario wall time {result['wall_seconds'] / 60:.1f} min.", ""]
+        lines += [*scenario_table(result), "", *targets(result), ""]
+    atomic_write_text(report, "\n".join(lines))
