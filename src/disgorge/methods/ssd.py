@@ -29,9 +29,9 @@ class SSD(Method):
 
     @dataclass
     class Config(MethodConfig):
-        """SSD settings (the paper uses alpha 10, lambda 1; alpha 30 keeps retain accuracy on the bundled digits)."""
+        """SSD settings (the paper uses alpha 10, lambda 1; alpha 40 keeps retain accuracy on the bundled digits)."""
 
-        alpha: float = option(30.0, "selection threshold: dampen where I_forget > alpha * I_data", low=0)
+        alpha: float = option(40.0, "selection threshold: dampen where I_forget > alpha * I_data", low=0)
         dampening: float = option(1.0, "lambda: dampen to lambda * I_data / I_forget", low=0)
         batch_size: int = option(32, "batch size of the importance estimates", low=1)
 
