@@ -1,6 +1,6 @@
 """disgorge: trace, audit, unlearn and verify what a trained model learned from which data."""
 
-from .api import ForgetResult, erase, forget, ingest_file, ingest_scenario, train, verify
+from .api import ForgetResult, erase, forget, ingest_file, ingest_scenario, train, verify, verify_strong
 from .errors import DisgorgeError
 from .evaluate.verify import Thresholds
 from .methods import METHODS, Method, MethodConfig, UnlearnRequest, get_method
@@ -11,4 +11,4 @@ __version__ = "0.1.0"
 
 __all__ = ["METHODS", "DisgorgeError", "ForgetResult", "Method", "MethodConfig", "Recipe", "Thresholds",
            "UnlearnRequest", "Workspace", "__version__", "erase", "forget", "get_method", "ingest_file",
-           "ingest_scenario", "train", "verify"]
+           "ingest_scenario", "train", "verify", "verify_strong"]

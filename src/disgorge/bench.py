@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write_text
+from .errors import InvalidRequest
 from .evaluate.metrics import GAP_KEYS, avg_gap
 from .evaluate.strong import strong_scores
+from .evaluate.verify import FIGURES
 from .executors import get_executor
 from .jobs import Job, Problem, prepare, run
 from .methods import METHODS
@@ -25,7 +27,6 @@ from .scenarios import get_scenario
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect")
 DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist")
 REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models
 
@@ -43,6 +44,10 @@ class BenchSettings:
     out: Path = Path("benchmarks/results")
 
     def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise InvalidRequest("the bench needs at least one seed")
+        if self.strong_models and self.strong_models < 3:
+            raise InvalidRequest("the strong test needs at least 3 models per side (or 0 to skip it)")
         for name in self.scenarios:
             get_scenario(name)
         for name in self.methods:
@@ -95,7 +100,7 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: 
 def strong_test(problem: Problem, methods: list[str], k: int, executor: Any, label: str = "",
                 options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """K retrained and K unlearned models per method on one problem -> F, final score, U-LiRA AUC per method."""
-    workers = getattr(executor, "workers", 1) or 1
+    workers = getattr(executor, "workers", None) or k
     ref_seeds = [REFERENCE_SEED + i for i in range(k)]
     chunks = [ref_seeds[i::workers] for i in range(workers) if ref_seeds[i::workers]]
     jobs = [Job(problem, chunk, reference=True, figures=False) for chunk in chunks]

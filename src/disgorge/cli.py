@@ -211,14 +211,14 @@ def forget(
 def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
            strong: Annotated[bool, typer.Option(help="also the per-example test against many retrained models")
                              ] = False,
-           models: Annotated[int, typer.Option(help="--strong: models per side")] = 8,
+           strong_models: Annotated[int, typer.Option(help="--strong: models per side")] = 8,
            executor: Annotated[str, typer.Option(help="--strong: local or ray")] = "local",
            workers: Annotated[int | None, typer.Option(help="--strong: parallel workers")] = None,
            workspace: WorkspaceOpt = Path(".")) -> None:
     """Compare an unlearned model with its parent and a model retrained without the forgotten records."""
     with _ws(workspace) as ws:
         if strong:
-            cert = api.verify_strong(ws, model, models=models, executor=executor, workers=workers)
+            cert = api.verify_strong(ws, model, models=strong_models, executor=executor, workers=workers)
         else:
             cert = api.verify(ws, model)
         path = ws.report_dir(cert["request"]) / model / "certificate.json"

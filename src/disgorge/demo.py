@@ -38,8 +38,9 @@ def run_demo(out: str | Path = "demo-output", *, scenario: str = "digits-backdoo
         ingest_scenario(ws, scenario)
         log.info("training %s", case.recipe().name)
         model = train(ws, case.recipe())
-        log.info("forgetting %s from %s with %s", case.forget_selector(), model.id, method)
-        result = forget(ws, **case.forget_selector(), method=method, reason=f"demo: {case.description}",
+        ids = case.forget_ids(ws)
+        log.info("forgetting %d records from %s with %s", len(ids), model.id, method)
+        result = forget(ws, records=sorted(ids), method=method, reason=f"demo: {case.description}",
                         accept_failed=True)
     certificate = result.certificates[0]
     atomic_write_text(out / "certificate.json", json.dumps(certificate, indent=2) + "\n")

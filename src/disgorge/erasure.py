@@ -61,6 +61,8 @@ def select(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (),
         if not 0 < random_fraction < 1:
             raise InvalidRequest(f"--random takes a fraction in (0, 1), got {random_fraction}")
         pool = np.array(ws.ledger.record_ids(split="train"), dtype=np.int64)
+        if len(pool) == 0:
+            raise InvalidRequest("--random found no live training records to draw from")
         k = max(1, round(random_fraction * len(pool)))
         ids |= BitMap(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
     if not ids:
@@ -106,6 +108,11 @@ def forget(ws: Any, *, sources: Sequence[str] = (), records: Sequence[int] = (),
     else:
         unlearner = get_method(method, **(options or {}))
     parents = affected_models(ws, ids, model)
+    if model is not None and erase:
+        others = [m.id for m in affected_models(ws, ids) if m.id != model]
+        if others:
+            raise InvalidRequest(f"model(s) {', '.join(others)} also saw these records and would keep them after "
+                                 "erasure; drop --model to unlearn every model, or pass --defer-erase")
     for p in parents:
         if not p.records - ids:
             raise InvalidRequest(f"the selection covers the whole training set of model {p.id}; nothing would be "
@@ -170,32 +177,47 @@ def auto_candidates() -> list[str]:
 
 def _auto_one(ws: Any, parent: ModelRow, ids: BitMap, request_id: int, thresholds: Thresholds | None,
               options: dict[str, Any], budget_fraction: float) -> tuple[ModelRow, dict[str, Any]]:
+    if not ws.test_ids():
+        raise InvalidRequest("--method auto chooses by verification, which needs held-out records (split 'test')")
     budget = max(budget_fraction * training_seconds(ws, parent), 0.05)
     tried: list[dict[str, Any]] = []
     best: tuple[ModelRow, dict[str, Any]] | None = None
-    for name in auto_candidates():
-        unlearner = get_method(name, **{"max_seconds": budget, **options})
-        log.info("auto: trying %s (budget %.2fs)", name, budget)
-        try:
-            child, cert = _unlearn_one(ws, parent, ids, unlearner, request_id, True, thresholds)
-        except InvalidRequest as exc:
-            tried.append({"method": name, "skipped": str(exc)})
-            continue
-        tried.append({"method": name, "avg_gap": cert["avg_gap"], "seconds": cert["seconds"]["method"],
-                      "passed": cert["passed"], "effect": cert["metrics"]["unlearned"]["effect"],
-                      "ta": cert["metrics"]["unlearned"]["ta"]})
-        if best is None or cert["avg_gap"] < best[1]["avg_gap"]:
-            if best is not None:
-                shutil.rmtree(ws.model_dir(best[0].id), ignore_errors=True)
-            best = (child, cert)
-        else:
-            shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
+    try:
+        for name in auto_candidates():
+            best = _auto_try(ws, parent, ids, request_id, thresholds, name, {"max_seconds": budget, **options},
+                             tried, best)
+    except BaseException:
+        if best is not None:
+            shutil.rmtree(ws.model_dir(best[0].id), ignore_errors=True)
+        raise
     if best is None:
         raise InvalidRequest(f"--method auto found no method that could serve model {parent.id}")
     child, cert = best
     cert["auto"] = {"budget_seconds_each": round(budget, 4), "chosen": cert["method"], "candidates": tried,
                     "total_seconds": round(sum(t.get("seconds", 0.0) for t in tried), 4)}
     return child, cert
+
+
+def _auto_try(ws: Any, parent: ModelRow, ids: BitMap, request_id: int, thresholds: Thresholds | None, name: str,
+              options: dict[str, Any], tried: list[dict[str, Any]],
+              best: tuple[ModelRow, dict[str, Any]] | None) -> tuple[ModelRow, dict[str, Any]] | None:
+    """Run one candidate of ``--method auto``; return the better of it and ``best`` (removing the other's folder)."""
+    log.info("auto: trying %s", name)
+    try:
+        child, cert = _unlearn_one(ws, parent, ids, get_method(name, **options), request_id, True, thresholds)
+    except DisgorgeError as exc:  # a refusal or a divergence disqualifies this candidate only
+        tried.append({"method": name, "skipped": str(exc)})
+        return best
+    tried.append({"method": name, "avg_gap": cert["avg_gap"], "seconds": cert["seconds"]["method"],
+                  "passed": cert["passed"], "effect": cert["metrics"]["unlearned"]["effect"],
+                  "ta": cert["metrics"]["unlearned"]["ta"]})
+    if best is None or cert["avg_gap"] < best[1]["avg_gap"]:
+        loser, winner = best, (child, cert)
+    else:
+        loser, winner = (child, cert), best
+    if loser is not None:
+        shutil.rmtree(ws.model_dir(loser[0].id), ignore_errors=True)
+    return winner
 
 
 def _unlearn_one(ws: Any, parent: ModelRow, ids: BitMap, unlearner: Any, request_id: int, verify: bool,

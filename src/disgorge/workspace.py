@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Iterable
@@ -47,10 +46,10 @@ class Workspace:
         key_path = state / "secret"
         if not key_path.exists():
             atomic_write_bytes(key_path, secrets.token_bytes(32), mode=0o600)
-        return cls.open(root)
+        return cls.open(root, _creating=True)
 
     @classmethod
-    def open(cls, root: str | Path) -> Workspace:
+    def open(cls, root: str | Path, *, _creating: bool = False) -> Workspace:
         """Open the workspace in ``root``."""
         root = Path(root)
         state = root / STATE_DIR
@@ -60,6 +59,8 @@ class Workspace:
             raise NotFound(f"no disgorge workspace at {root}; create one with `disgorge init {root}`")
         if not key_path.exists():
             raise IntegrityError(f"workspace {root} has no key file {key_path}; restore it from a backup")
+        if not db.exists() and not _creating:
+            raise IntegrityError(f"workspace {root} has no ledger {db}; restore it from a backup")
         key = key_path.read_bytes()
         if len(key) < 16:
             raise IntegrityError(f"workspace key {key_path} is truncated; restore it from a backup")
@@ -135,8 +136,3 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({os.fspath(self.root)!r})"
-
-
-def dumps(obj: Any) -> str:
-    """Stable JSON for files the workspace writes."""
-    return json.dumps(obj, indent=2, sort_keys=False) + "\n"

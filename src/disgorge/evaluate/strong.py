@@ -36,15 +36,17 @@ def epsilon_from_rates(fpr: np.ndarray, fnr: np.ndarray, delta: float = DELTA) -
         if a == 0 or b == 0:
             continue  # a rule that never errs one way says nothing about the ratio
         with np.errstate(divide="ignore", invalid="ignore"):
-            values = [np.log(1 - delta - a) - np.log(b), np.log(1 - delta - b) - np.log(a)]
-        values = [v for v in values if np.isfinite(v)]
-        if values:
-            best = max(best, *values)
+            values = np.array([np.log(1 - delta - a) - np.log(b), np.log(1 - delta - b) - np.log(a)])
+        if np.isnan(values).all():
+            return math.inf  # both error rates above 1 - delta: the rule read backwards is near perfect
+        best = max(best, float(np.nanmax(values)))
     return best
 
 
 def threshold_rates(unlearned: np.ndarray, retrained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FPR and FNR of "unlearned if score > t" for every observed score t (unlearned = positive)."""
+    """FPR and FNR of "unlearned if score > t" for every observed score t (unlearned = positive), as the challenge
+    does; unlearned models that keep a clearly *lower* loss show up as rates near 1, which
+    :func:`epsilon_from_rates` counts as a near-perfect rule read backwards."""
     scores = np.concatenate([retrained, unlearned])
     labels = np.concatenate([np.zeros(len(retrained)), np.ones(len(unlearned))])
     thresholds = np.unique(scores)
@@ -57,6 +59,7 @@ def threshold_rates(unlearned: np.ndarray, retrained: np.ndarray) -> tuple[np.nd
 def logistic_rates(unlearned: np.ndarray, retrained: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Cross-validated FPR and FNR of a logistic-regression rule on the score."""
     x = np.concatenate([retrained, unlearned]).reshape(-1, 1)
+    x = (x - x.mean()) / (x.std() + 1e-12)
     y = np.concatenate([np.zeros(len(retrained)), np.ones(len(unlearned))])
     folds = min(3, len(retrained), len(unlearned))
     if folds < 2:

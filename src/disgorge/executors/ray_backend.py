@@ -26,6 +26,7 @@ class RayExecutor:
             raise DisgorgeError("the ray executor needs Ray: pip install 'disgorge[ray]'") from None
         self._ray = ray
         self.threads = threads
+        self.workers = workers
         self._started = not ray.is_initialized()
         if self._started:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,

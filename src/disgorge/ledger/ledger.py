@@ -273,12 +273,9 @@ class Ledger:
         return IngestResult(source.name, added, duplicates)
 
     @staticmethod
-    def _count_in(db: sqlite3.Connection, query: str, values: Sequence[Any], chunk: int = 900) -> int:
-        total = 0
-        for i in range(0, len(values), chunk):
-            part = list(values[i:i + chunk])
-            total += db.execute(query.format(",".join("?" * len(part))), part).fetchone()[0]
-        return total
+    def _count_in(db: sqlite3.Connection, query: str, values: Sequence[Any]) -> int:
+        return sum(db.execute(query.format(",".join("?" * len(part))), part).fetchone()[0]
+                   for part in _chunks(values))
 
     def record_ids(self, *, sources: Sequence[str] | None = None, exclude_sources: Sequence[str] = (),
                    split: str | None = "train", states: Sequence[str] = ("active",)) -> BitMap:
@@ -310,8 +307,7 @@ class Ledger:
             raise InvalidRequest("the selection is empty: name at least one record id or source")
         found: dict[int, str] = {}
         values = list(wanted)
-        for i in range(0, len(values), 900):
-            part = values[i:i + 900]
+        for part in _chunks(values):
             for rid, state in self._db.execute(
                     f"SELECT id, state FROM records WHERE id IN ({','.join('?' * len(part))})", part):
                 found[rid] = state
@@ -331,8 +327,7 @@ class Ledger:
         out: list[Record] = []
         cols = "r.id, s.name, r.hash, r.payload, r.attributes, r.split, r.state" if with_payload else \
             "r.id, s.name, r.hash, NULL, r.attributes, r.split, r.state"
-        for i in range(0, len(values), 900):
-            part = values[i:i + 900]
+        for part in _chunks(values):
             q = (f"SELECT {cols} FROM records r JOIN sources s ON s.id=r.source_id "
                  f"WHERE r.id IN ({','.join('?' * len(part))}) ORDER BY r.id")
             for rid, src, h, data, attrs, split, state in self._db.execute(q, part):
@@ -471,14 +466,12 @@ class Ledger:
 
     def _set_state(self, db: sqlite3.Connection, ids: BitMap, state: str) -> None:
         values = list(ids)
-        for i in range(0, len(values), 900):
-            part = values[i:i + 900]
+        for part in _chunks(values):
             db.execute(f"UPDATE records SET state=? WHERE id IN ({','.join('?' * len(part))})", [state, *part])
 
     def _erase(self, db: sqlite3.Connection, request_id: int, ids: BitMap, stamp: str) -> None:
         values = list(ids)
-        for i in range(0, len(values), 900):
-            part = values[i:i + 900]
+        for part in _chunks(values):
             marks = ",".join("?" * len(part))
             db.execute(f"INSERT OR IGNORE INTO tombstones(hash, record_id, request_id, erased_at) "
                        f"SELECT hash, id, ?, ? FROM records WHERE id IN ({marks})", [request_id, stamp, *part])
@@ -488,6 +481,12 @@ class Ledger:
     def tombstone_count(self) -> int:
         """How many erased contents are remembered."""
         return int(self._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0])
+
+
+def _chunks(values: Sequence[Any], size: int = 900) -> Iterator[list[Any]]:
+    """Slices small enough for one ``IN (...)`` (SQLite caps the number of bound parameters)."""
+    for i in range(0, len(values), size):
+        yield list(values[i:i + size])
 
 
 def _statements(script: str) -> list[str]:

@@ -29,6 +29,16 @@ def squared_gradients(model: nn.Module, task: Task, data: RecordDataset,
     return {n: v / max(len(loader), 1) for n, v in out.items()}
 
 
+def reinitialise(model: nn.Module) -> nn.Module:
+    """Re-draw every layer's parameters in place, in construction order (so a seeded call reproduces a fresh
+    build of the same network)."""
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return model
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with gradients off (a teacher or reference)."""
     teacher = copy.deepcopy(model).eval()

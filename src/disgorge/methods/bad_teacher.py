@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..train.loop import make_optimizer
-from ._tools import distill_kl, frozen_copy
+from ._tools import distill_kl, frozen_copy, reinitialise
 from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
 from .registry import register
 
@@ -34,17 +34,12 @@ class BadTeacher(Method):
 
         epochs: int = option(2, "passes over the retain set", low=1)
         lr: float = lr_option(1e-3)
-        temperature: float = option(4.0, "distillation temperature", low=0)
+        temperature: float = option(4.0, "distillation temperature", positive=True)
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         task, cfg = request.task, self.config
         good = frozen_copy(model)
-        bad = copy.deepcopy(model)
-        for module in bad.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
-        bad = frozen_copy(bad)
+        bad = frozen_copy(reinitialise(copy.deepcopy(model)))
         forget_batches = request.cycle("forget")
         optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
 

@@ -26,14 +26,16 @@ class Newton(Method):
     For a model whose only trainable layer is linear, trained with L2 weight decay ``lambda`` (the recipe's
     ``weight_decay``), the retain objective ``L(w) = mean CE over retain + lambda/2 ||w||^2`` is strongly convex.
     The step ``w' = w - H^-1 grad L(w)`` is solved by conjugate gradients with exact Hessian-vector products. The
-    gradient residual ``||grad L(w')||`` is then measured exactly and reported (``report_``); Guo et al. certify
-    removal when it is below a budget set by the training noise. If it exceeds ``max_residual`` the method refuses
-    and nothing is written.
+    gradient residual ``||grad L(w')||`` is then measured exactly and reported (``report_``). Guo et al.'s formal
+    (epsilon, delta) certificate also needs objective perturbation at training time, which disgorge's recipes do not
+    add: the residual bound ``max_residual`` is the user's budget, and above it the method refuses and nothing is
+    written.
     """
 
     name: ClassVar[str] = "newton"
     family: ClassVar[str] = "parameter-level"
-    summary: ClassVar[str] = "one Newton/influence step on the retain objective (certified for L2 logistic regression)"
+    summary: ClassVar[str] = ("one Newton/influence step on the retain objective of an L2 logistic model; reports the "
+                              "gradient residual and refuses above a bound")
     paper: ClassVar[str] = "Guo et al., Certified Data Removal from Machine Learning Models, ICML 2020"
     needs: ClassVar[frozenset[str]] = frozenset({"retain", "linear_model"})
 
@@ -49,6 +51,9 @@ class Newton(Method):
 
     def check(self, request: UnlearnRequest) -> None:
         """Refuse unless the recipe has L2 weight decay (the objective must be strongly convex)."""
+        if request.train.optimizer == "adamw":
+            raise InvalidRequest("method 'newton' needs L2 regularisation in the objective; adamw's decoupled weight "
+                                 "decay is not, so retrain with optimizer adam or sgd")
         if request.train.weight_decay <= 0:
             raise InvalidRequest("method 'newton' needs a model trained with L2 regularisation "
                                  "(recipe train.weight_decay > 0) so that the objective is strongly convex")

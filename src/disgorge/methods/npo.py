@@ -19,7 +19,7 @@ from .registry import register
 class _PreferenceConfig(MethodConfig):
     epochs: int = option(3, "passes over the retain set", low=1)
     lr: float = lr_option(1e-3)
-    beta: float = option(0.5, "inverse temperature of the preference loss", low=0)
+    beta: float = option(0.5, "inverse temperature of the preference loss", positive=True)
     retain_weight: float = option(1.0, "weight of the retain cross-entropy term (0: forget loss only)", low=0)
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..train.loop import make_optimizer, mean_loss
+from ._tools import reinitialise
 from .base import Method, MethodConfig, UnlearnRequest
 from .registry import register
 
@@ -30,10 +31,7 @@ class Retrain(Method):
         """Retraining takes its settings from the original recipe; only the time budget can be set."""
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
-        for module in model.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        reinitialise(model)
         optimizer = make_optimizer(model.parameters(), request.train)
         self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
                                     epochs=request.train.epochs, guard=False)

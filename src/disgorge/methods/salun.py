@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
-from .random_label import random_label_fit
+from .base import Method, UnlearnRequest, option
+from .random_label import RandomLabel, random_label_fit
 from .registry import register
 
 
@@ -26,12 +27,9 @@ class SalUn(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "labels"})
 
     @dataclass
-    class Config(MethodConfig):
-        """SalUn settings."""
+    class Config(RandomLabel.Config):
+        """SalUn settings: random labelling's, plus the share of weights in the mask."""
 
-        epochs: int = option(2, "passes over the retain set", low=1)
-        lr: float = lr_option(1e-3)
-        forget_weight: float = option(0.3, "weight of the random-label forget loss", low=0)
         ratio: float = option(0.5, "share of weights in the saliency mask", low=0, high=1)
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
@@ -43,7 +41,9 @@ class SalUn(Method):
                 if p.grad is not None:
                     p.grad.mul_(mask[n])
 
-        self.fit_result_ = random_label_fit(self, model, request, after_backward=masked)
+        # weight decay would move the masked-out weights after the gradient mask: switch it off here
+        unmasked = dataclasses.replace(request, train=dataclasses.replace(request.train, weight_decay=0.0))
+        self.fit_result_ = random_label_fit(self, model, unmasked, after_backward=masked)
         return model
 
     def saliency_mask(self, model: nn.Module, request: UnlearnRequest) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ class Scrub(Method):
         lr: float = lr_option(2e-3)
         alpha: float = option(1.0, "weight of the retain KL term", low=0)
         gamma: float = option(1.0, "weight of the retain cross-entropy term", low=0)
-        temperature: float = option(4.0, "distillation temperature", low=0)
+        temperature: float = option(4.0, "distillation temperature", positive=True)
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         task, cfg = request.task, self.config

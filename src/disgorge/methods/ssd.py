@@ -48,6 +48,6 @@ class SSD(Method):
                 factor = (cfg.dampening * i_data[n] / i_forget[n].clamp_min(1e-30)).clamp(max=1.0)
                 p.mul_(torch.where(selected, factor, torch.ones_like(factor)))
                 changed += int(selected.sum())
-        self.dampened_ = changed
+        self.report_ = {"dampened_weights": changed}
         self.fit_result_ = FitResult(steps=0, stopped="done")
         return model

@@ -55,7 +55,9 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         recipe_toml.rstrip(),
         "```",
         "",
-        f"Weights: `model.safetensors`, sha256 `{weights_sha256}`. Rebuild it with `disgorge train recipe.toml`.",
+        f"Weights: `model.safetensors`, sha256 `{weights_sha256}`. "
+        + ("Retrain it from scratch with `disgorge train recipe.toml`." if kind != "unlearned" else
+           "Its exact counterpart is `disgorge train recipe.toml` on the records it keeps (`records.roaring`)."),
         "",
     ]
     return "\n".join(lines)

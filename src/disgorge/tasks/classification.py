@@ -86,6 +86,9 @@ class ClassificationTask(Task):
         x, y = data.tensors["x"], data.tensors["y"]
         for i in range(0, len(data), batch_size):
             logits = model(x[i:i + batch_size])
+            if len(y) and int(y[i:i + batch_size].max()) >= logits.shape[1]:
+                raise InvalidRequest(f"a record is labelled {int(y[i:i + batch_size].max())} but the model has only "
+                                     f"{logits.shape[1]} classes; it cannot be evaluated on these records")
             yb = y[i:i + batch_size]
             logp = F.log_softmax(logits, dim=1)
             nll = -logp.gather(1, yb[:, None]).squeeze(1)

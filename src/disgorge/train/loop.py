@@ -172,10 +172,4 @@ def mean_loss(task: Any) -> LossFn:
     return lambda model, batch: task.per_example_loss(model, batch).mean()
 
 
-def set_seed_everywhere(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (model init, dropout) and return a generator for data order."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 __all__ = ["FitResult", "Guard", "LossFn", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss"]

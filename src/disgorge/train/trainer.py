@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import InvalidRequest
 from ..ledger import ModelRow, now
+from ..ledger import bitmap as bm
 from ..models import store
 from ..models.card import model_card
 from ..tasks import RecordDataset, Task, get_task
@@ -62,7 +63,7 @@ def save_model(ws: Any, *, model: nn.Module, recipe: Recipe, records: BitMap, in
         store.WEIGHTS: weights,
         "recipe.toml": recipe_toml.encode(),
         "config.json": (json.dumps(config, indent=2) + "\n").encode(),
-        "records.roaring": records.serialize(),
+        "records.roaring": bm.dumps(records),
         "README.md": card.encode(),
     })
     return ModelRow(id=model_id, parent=parent, kind=kind, status="active", task=recipe.task, recipe=recipe_toml,
