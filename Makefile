@@ -26,10 +26,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
-# Regenerates BENCHMARKS.md and benchmarks/results/ from scratch (about 40 minutes on 2 cores).
+# Regenerates BENCHMARKS.md and benchmarks/results/ from scratch (about 25 minutes on 2 cores).
 bench: $(STAMP)
 	rm -rf benchmarks/results
-	$(VENV)/bin/disgorge bench --out benchmarks/results --report BENCHMARKS.md
+	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -128,7 +128,8 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
         "challenge's final score (RA, TA as ratios to retraining). U-LiRA AUC tells unlearned from retrained "
         "models per example by a Gaussian likelihood ratio, leave-one-out: 50 is indistinguishable. With small K, F "
         "is biased low even for retraining itself: the `retrain` row (other seeds than the references) is the "
-        "ceiling at this K.",
+        "ceiling at this K. The strong test is not run for a method whose Avg Gap is no better than the original's "
+        "(F shows '-'): the population figures already tell it apart from retraining.",
         "",
         f"![Avg Gap against time ratio]({Path(os.path.relpath(png, Path(report).parent)).as_posix()})",
         "",

@@ -60,7 +60,7 @@ class MNIST(Scenario):
     def recipe(self) -> Recipe:
         """An MLP that memorises the augmented training set."""
         return Recipe(name="mnist-mlp", task="classification", seed=0, data=DataSpec(),
-                      model=ModelSpec("mlp", {"hidden": [1024, 512]}),
+                      model=ModelSpec("mlp", {"hidden": [1024]}),
                       train=TrainSpec(optimizer="adam", lr=1e-3, batch_size=128, epochs=20))
 
     def forget_selector(self) -> dict[str, Any]:
