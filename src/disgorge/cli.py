@@ -257,7 +257,7 @@ def bench(
     rows = run_bench(settings)
     wall = _time.perf_counter() - started
     if report is not None:
-        command = "disgorge bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "disgorge bench"
+        command = "disgorge " + " ".join(sys.argv[1:])
         write_report(out_dir, report, command=command, machine=machine(), wall_seconds=wall)
     table = Table("scenario", "method", "Avg Gap", "time / retrain", "F")
     for r in rows:
