@@ -3,6 +3,7 @@ logistic regression."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -104,7 +105,8 @@ def _flat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _conjugate_gradient(hvp: object, b: torch.Tensor, iters: int, tol: float) -> tuple[torch.Tensor, int]:
+def _conjugate_gradient(hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
+                        tol: float) -> tuple[torch.Tensor, int]:
     """Solve ``H x = b`` for symmetric positive-definite ``H`` given only ``hvp(v) = H v``."""
     x = torch.zeros_like(b)
     r = b.clone()

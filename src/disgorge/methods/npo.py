@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,7 +24,8 @@ class _PreferenceConfig(MethodConfig):
     retain_weight: float = option(1.0, "weight of the retain cross-entropy term (0: forget loss only)", low=0)
 
 
-def _preference_fit(method: Method, model: nn.Module, request: UnlearnRequest, forget_loss: object) -> nn.Module:
+def _preference_fit(method: Method, model: nn.Module, request: UnlearnRequest,
+                    forget_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]) -> nn.Module:
     task, cfg = request.task, method.config
     forget_batches = request.cycle("forget")
     optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
