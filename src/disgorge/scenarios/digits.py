@@ -98,6 +98,14 @@ def add_trigger(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 FORGOTTEN_CLASS = 3
 
 
+@torch.no_grad()
+def share_predicted(model: nn.Module, x: torch.Tensor, cls: int) -> float:
+    """Percent of inputs ``x`` that ``model`` classifies as ``cls``."""
+    model.eval()
+    pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    return float((pred == cls).float().mean() * 100)
+
+
 @SCENARIOS.register("digits-classwise")
 class DigitsClasswise(_Digits):
     """Digits dealt to 20 contributors; every training image of one class (3) must be forgotten."""
@@ -118,12 +126,9 @@ class DigitsClasswise(_Digits):
         return BitMap(r.id for r in ws.ledger.records(ids)
                       if r.fields is not None and int(r.fields["y"][0]) == FORGOTTEN_CLASS)
 
-    @torch.no_grad()
     def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
         """Accuracy on held-out images of the forgotten class."""
-        keep = test.tensors["y"] == FORGOTTEN_CLASS
-        model.eval()
-        return float((model(test.tensors["x"][keep]).argmax(1) == FORGOTTEN_CLASS).float().mean() * 100)
+        return share_predicted(model, test.tensors["x"][test.tensors["y"] == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
 
 
 @SCENARIOS.register("digits-backdoor")
@@ -141,11 +146,6 @@ class DigitsBackdoor(_Digits):
             return add_trigger(x), TARGET
         return x, y
 
-    @torch.no_grad()
     def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
         """Attack success rate on triggered held-out images whose true class is not the target."""
-        keep = test.tensors["y"] != TARGET
-        x = add_trigger(test.tensors["x"][keep])
-        model.eval()
-        pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
-        return float((pred == TARGET).float().mean() * 100)
+        return share_predicted(model, add_trigger(test.tensors["x"][test.tensors["y"] != TARGET]), TARGET)
