@@ -11,7 +11,7 @@ from .data import load_file
 from .erasure import ForgetResult, VerificationFailed, forget
 from .errors import InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
-from .ledger import IngestResult, ModelRow
+from .ledger import IngestResult, ModelRow, RequestRow
 from .scenarios import get_scenario
 from .train.recipe import Recipe
 from .train.trainer import train as _train
@@ -62,11 +62,7 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     If the request's records were already erased, the forget-set figures cannot be measured again: the certificate
     recorded at erasure time is returned after re-checking the weights' sha256, and its files are rewritten.
     """
-    row = ws.ledger.model(model_id)
-    if row.kind != "unlearned" or row.request_id is None or row.parent is None:
-        raise InvalidRequest(f"model {model_id} is not the result of an erasure request; verify compares an "
-                             "unlearned model with its parent and a model retrained without the forgotten records")
-    req = ws.ledger.request(row.request_id)
+    row, req = _unlearned(ws, model_id)
     child_model, _, task = ws.load_model(model_id)
     if req.status == "erased":
         stored = req.results.get("certificates", {}).get(model_id)
@@ -80,10 +76,7 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
                    forget_ids=parent.records & req.records, request_id=req.id, method=row.method or "",
                    config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds)
-    results = dict(req.results)
-    results.setdefault("certificates", {})[model_id] = cert
-    ws.ledger.set_request_results(req.id, results)
-    write_certificate(ws, cert)
+    _keep_certificate(ws, req.id, model_id, cert)
     return cert
 
 
@@ -98,11 +91,8 @@ def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: st
     from .jobs import Problem
 
     if models < 3:
-        raise InvalidRequest("the strong test needs at least 3 models per side (--models)")
-    row = ws.ledger.model(model_id)
-    if row.kind != "unlearned" or row.request_id is None or row.parent is None:
-        raise InvalidRequest(f"model {model_id} is not the result of an erasure request")
-    req = ws.ledger.request(row.request_id)
+        raise InvalidRequest("the strong test needs at least 3 models per side (--strong-models)")
+    row, req = _unlearned(ws, model_id)
     if req.status == "erased":
         raise InvalidRequest(f"request {req.id}'s records are erased, so no new model can be measured on them; "
                              "use `disgorge forget --defer-erase`, then `verify --strong`, then `disgorge erase`")
@@ -112,16 +102,30 @@ def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: st
     method = row.method or ""
     runner = get_executor(executor, workers=workers)
     try:
-        job_options = {method: {k: v for k, v in row.info.get("config", {}).items()}}
+        job_options = {method: dict(row.info.get("config", {}))}
         strong = strong_test(problem, [method], models, runner, f"verify {model_id}", options=job_options)[method]
     finally:
         runner.close()
     cert["strong"] = strong
-    results = dict(req.results)
-    results.setdefault("certificates", {})[model_id] = cert
-    ws.ledger.set_request_results(req.id, results)
-    write_certificate(ws, cert)
+    _keep_certificate(ws, req.id, model_id, cert)
     return cert
+
+
+def _unlearned(ws: Workspace, model_id: str) -> tuple[ModelRow, RequestRow]:
+    """An unlearned model's row and its erasure request; a clear error for any other model."""
+    row = ws.ledger.model(model_id)
+    if row.kind != "unlearned" or row.request_id is None or row.parent is None:
+        raise InvalidRequest(f"model {model_id} is not the result of an erasure request; verify compares an "
+                             "unlearned model with its parent and a model retrained without the forgotten records")
+    return row, ws.ledger.request(row.request_id)
+
+
+def _keep_certificate(ws: Workspace, request_id: int, model_id: str, cert: dict[str, Any]) -> None:
+    """Store a certificate with its request (read afresh, so other models' certificates stay) and write its files."""
+    results = dict(ws.ledger.request(request_id).results)
+    results.setdefault("certificates", {})[model_id] = cert
+    ws.ledger.set_request_results(request_id, results)
+    write_certificate(ws, cert)
 
 
 def erase(ws: Workspace, request_id: int) -> None:
