@@ -17,13 +17,13 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import InvalidRequest
-from .evaluate.metrics import GAP_KEYS, avg_gap
+from .evaluate.metrics import avg_gap
 from .evaluate.strong import strong_scores
-from .evaluate.verify import FIGURES
 from .executors import get_executor
 from .jobs import Job, Problem, prepare, run
 from .methods import METHODS
 from .scenarios import get_scenario
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,10 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     """Seed-averaged figures per method; Avg Gap of the averages (as SalUn), time ratio averaged per seed."""
+    keys = get_task(get_scenario(scenario).recipe().task).figures
+
     def figures(who: str) -> dict[str, float | None]:
-        return {k: _mean([s[who]["figures"][k] for s in per_seed]) for k in FIGURES}
+        return {k: _mean([s[who]["figures"].get(k) for s in per_seed]) for k in keys.keys}
 
     reference = figures("reference")
     rows = []
@@ -156,7 +158,7 @@ def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]
         figs = figures(who)
         ratio = None if who == "original" else _mean([s[who]["seconds"] / s["reference"]["seconds"]
                                                       for s in per_seed])
-        gap = avg_gap(figs, reference) if all(figs[k] is not None for k in GAP_KEYS) else None
+        gap = avg_gap(figs, reference, keys.gap) if all(figs[k] is not None for k in keys.gap) else None
         rows.append({"scenario": scenario, "method": who, "seeds": len(per_seed), **figs,
                      "avg_gap": None if gap is None else round(gap, 4), "time_ratio": ratio,
                      "forget_score": None})

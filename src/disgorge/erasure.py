@@ -23,6 +23,7 @@ from .errors import DisgorgeError, InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
 from .ledger import ModelRow
 from .methods import METHODS, UnlearnRequest, get_method
+from .tasks import get_task
 from .train.recipe import Recipe
 from .train.trainer import save_model
 
@@ -210,7 +211,7 @@ def _auto_try(ws: Any, parent: ModelRow, ids: BitMap, request_id: int, threshold
         return best
     tried.append({"method": name, "avg_gap": cert["avg_gap"], "seconds": cert["seconds"]["method"],
                   "passed": cert["passed"], "effect": cert["metrics"]["unlearned"]["effect"],
-                  "ta": cert["metrics"]["unlearned"]["ta"]})
+                  "ta": cert["metrics"]["unlearned"][get_task(parent.task).figures.test]})
     if best is None or cert["avg_gap"] < best[1]["avg_gap"]:
         loser, winner = best, (child, cert)
     else:

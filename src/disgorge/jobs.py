@@ -10,7 +10,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .errors import InvalidRequest
-from .evaluate.verify import measure
+from .evaluate.verify import measure, measure_reference
 from .methods import UnlearnRequest, get_method
 from .train.recipe import Recipe
 from .train.trainer import fit_recipe
@@ -81,15 +81,24 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         model = method.unlearn(p["model"], request)
         seconds = method.seconds_
         extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps}
-    out = task.evaluate(model, p["forget"])
-    result = {"seed": seed, "seconds": seconds, "forget_loss": out["loss"].astype(np.float32),
-              "forget_confidence": out["confidence"].astype(np.float32), **extra}
     if job.figures:
-        result["figures"] = measure(task, model, p["forget"], p["retain"], p["test"], p["scenario"], seed=seed)
+        if who == "reference":
+            m = measure_reference(task, model, p["forget"], p["retain"], p["test"], p["scenario"], seed=seed)
+            p.setdefault("reference_measurement", {})[seed] = m
+        else:
+            m = measure(task, model, p["forget"], p["retain"], p["test"], p["scenario"], seed=seed,
+                        reference=p.get("reference_measurement", {}).get(seed))
+        out, extra["figures"] = m.forget, m.figures
     else:
-        result["ra"] = float(task.evaluate(model, p["retain"])["correct"].mean() * 100)
-        result["ta"] = float(task.evaluate(model, p["test"])["correct"].mean() * 100)
-    return result
+        out = task.evaluate(model, p["forget"])
+        extra["ra"] = _accuracy(task, model, p["retain"])
+        extra["ta"] = _accuracy(task, model, p["test"])
+    return {"seed": seed, "seconds": seconds, "forget_loss": out["loss"].astype(np.float32),
+            "forget_confidence": out["confidence"].astype(np.float32), **extra}
+
+
+def _accuracy(task: Any, model: Any, data: Any) -> float:
+    return float(task.evaluate(model, data)["correct"].mean() * 100)
 
 
 def prepare(job: tuple[str, str, int]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from pyroaring import BitMap
 from torch import nn
@@ -17,13 +18,14 @@ from ..errors import InvalidRequest
 from ..ledger import ModelRow
 from ..scenarios import SCENARIOS, get_scenario
 from ..tasks import RecordDataset, Task, get_task
+from ..tasks.base import CLASSIFICATION_FIGURES
 from ..train.recipe import Recipe
 from ..train.trainer import fit_recipe, save_model
-from .metrics import avg_gap, split_figures
+from .metrics import avg_gap
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect")
+FIGURES = CLASSIFICATION_FIGURES.keys
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,45 @@ class Thresholds:
     ra_drop: float = 5.0
     mia_gap: float = 10.0
     avg_gap: float = 5.0
+    forget_quality: float = 0.05  # minimum KS p-value (language models)
+
+
+@dataclass
+class Measurement:
+    """One model's figures and its per-example outputs on the forget set (for figures relative to a reference)."""
+
+    figures: dict[str, float | None]
+    forget: dict[str, np.ndarray]
 
 
 def measure(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset, test: RecordDataset,
-            scenario: str | None, *, seed: int = 0) -> dict[str, float | None]:
-    """UA, RA, TA, MIA-efficacy, MIA AUC and the scenario's effect probe for one model."""
+            scenario: str | None, *, seed: int = 0, reference: Measurement | None = None) -> Measurement:
+    """The task's figures for one model (UA, RA, TA and MIAs for classifiers; TOFU/MUSE figures for language
+    models), the scenario's effect probe and, given the reference's measurement, the relative figures."""
     outs = [task.evaluate(model, d) for d in (forget, retain, test)]
-    figures: dict[str, float | None] = dict(split_figures(*outs, seed=seed))
+    figures: dict[str, float | None] = dict(task.split_figures(*outs, seed=seed))
     figures["effect"] = get_scenario(scenario).effect(model, task, test) if scenario in SCENARIOS else None
-    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 4))
-            for k, v in figures.items()}
+    figures = {k: _clean(v) for k, v in figures.items()}
+    if reference is not None:
+        relative = task.relative_figures(outs[0], figures, reference.forget, reference.figures)
+        figures.update({k: _clean(v) for k, v in relative.items()})
+    return Measurement(figures, outs[0])
+
+
+def measure_reference(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset,
+                      test: RecordDataset, scenario: str | None, *, seed: int = 0) -> Measurement:
+    """:func:`measure` for the retrained reference itself (its relative figures compare it with itself)."""
+    ref = measure(task, model, forget, retain, test, scenario, seed=seed)
+    relative = task.relative_figures(ref.forget, ref.figures, ref.forget, ref.figures)
+    ref.figures.update({k: _clean(v) for k, v in relative.items()})
+    return ref
+
+
+def _clean(v: float | None) -> float | None:
+    """NaN to None; 4 decimals, or 4 significant digits for tiny values (a forget quality of 1e-29 is not 0)."""
+    if v is None or math.isnan(v):
+        return None
+    return round(float(v), 4) if abs(v) >= 1e-3 else float(f"{float(v):.4g}")
 
 
 def ensure_reference(ws: Any, parent: ModelRow, retain_ids: BitMap) -> tuple[nn.Module, ModelRow]:
@@ -82,12 +113,14 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
     test = ws.dataset(task, ws.test_ids())
     if len(test) == 0:
         raise InvalidRequest("verification needs held-out records (split 'test'); ingest some with --split test")
-    metrics = {name: measure(task, m, forget, retain, test, ws.scenario)
-               for name, m in (("original", parent_model), ("unlearned", child_model),
-                               ("reference", reference_model))}
-    gaps = {name: round(avg_gap(metrics[name], metrics["reference"]), 4) for name in ("original", "unlearned")}
+    ref = measure_reference(task, reference_model, forget, retain, test, ws.scenario)
+    metrics = {name: measure(task, m, forget, retain, test, ws.scenario, reference=ref).figures
+               for name, m in (("original", parent_model), ("unlearned", child_model))}
+    metrics["reference"] = ref.figures
+    gaps = {name: round(avg_gap(metrics[name], metrics["reference"], task.figures.gap), 4)
+            for name in ("original", "unlearned")}
     changed = not _same_weights(parent_model, child_model)
-    checks = _checks(metrics, gaps["unlearned"], thresholds, changed)
+    checks = _checks(task, metrics, gaps["unlearned"], thresholds, changed)
     seconds = {"method": round(child.seconds, 4), "retrain": round(reference.seconds, 4)}
     return {
         "format": "disgorge-certificate/1",
@@ -96,6 +129,8 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
         "config": config,
         "method_report": report or {},
         "scenario": ws.scenario,
+        "task": task.name,
+        "figures": {"keys": list(task.figures.keys), "labels": task.figures.labels, "gap": list(task.figures.gap)},
         "effect": _effect_meta(ws.scenario),
         "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},
         "models": {
@@ -122,9 +157,9 @@ def _effect_meta(scenario: str | None) -> dict[str, str] | None:
     return {"name": s.effect_name, "help": s.effect_help} if s.effect_name else None
 
 
-def _checks(metrics: dict[str, dict[str, float | None]], gap: float, t: Thresholds,
+def _checks(task: Task, metrics: dict[str, dict[str, float | None]], gap: float, t: Thresholds,
             changed: bool) -> dict[str, dict[str, Any]]:
-    u, r = metrics["unlearned"], metrics["reference"]
+    u, r, keys = metrics["unlearned"], metrics["reference"], task.figures
     checks: dict[str, dict[str, Any]] = {
         "changed": {"value": changed, "limit": True, "passed": changed},
         "avg_gap": {"value": gap, "limit": t.avg_gap, "passed": gap <= t.avg_gap},
@@ -134,10 +169,14 @@ def _checks(metrics: dict[str, dict[str, float | None]], gap: float, t: Threshol
         if value is not None:
             checks[name] = {"value": round(value, 4), "limit": limit, "passed": value <= limit}
 
-    diff("ta_drop", _sub(r["ta"], u["ta"]), t.ta_drop)
-    diff("ra_drop", _sub(r["ra"], u["ra"]), t.ra_drop)
-    diff("mia_gap", _abs(_sub(u["mia_efficacy"], r["mia_efficacy"])), t.mia_gap)
+    diff("ta_drop", _sub(r[keys.test], u[keys.test]), t.ta_drop)
+    diff("ra_drop", _sub(r[keys.retain], u[keys.retain]), t.ra_drop)
+    diff("mia_gap", _abs(_sub(u[keys.mia], r[keys.mia])), t.mia_gap)
     diff("effect_gap", _abs(_sub(u["effect"], r["effect"])), t.effect_gap)
+    if u.get("forget_quality") is not None:
+        # TOFU's reading: a KS p-value below 0.05 tells the unlearned model's truth ratios from the retrained one's.
+        value = u["forget_quality"]
+        checks["forget_quality"] = {"value": value, "limit": t.forget_quality, "passed": value >= t.forget_quality}
     return checks
 
 
@@ -158,26 +197,25 @@ def write_certificate(ws: Any, certificate: dict[str, Any]) -> dict[str, str]:
     return {"json": str(json_path), "markdown": str(md_path)}
 
 
-ROW_LABELS = {"ua": "UA (forget error)", "ra": "RA (retain acc.)", "ta": "TA (test acc.)",
-              "mia_efficacy": "MIA-efficacy", "mia_auc": "MIA AUC (loss)", "effect": "effect"}
-
-
 def figure_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(label, original, unlearned, reference) rows of a certificate's figures, formatted."""
     m = certificate["metrics"]
+    keys = certificate.get("figures") or {"keys": CLASSIFICATION_FIGURES.keys, "labels": CLASSIFICATION_FIGURES.labels}
     eff = (certificate.get("effect") or {}).get("name")
     rows = []
-    for key in FIGURES:
-        if all(m[col][key] is None for col in m):
+    for key in keys["keys"]:
+        if all(m[col].get(key) is None for col in m):
             continue
-        label = eff.replace("_", " ") if key == "effect" and eff else ROW_LABELS[key]
-        rows.append((label, *(_fmt(m[col][key]) for col in ("original", "unlearned", "reference"))))
+        label = eff.replace("_", " ") if key == "effect" and eff else keys["labels"][key]
+        rows.append((label, *(_fmt(m[col].get(key)) for col in ("original", "unlearned", "reference"))))
     rows.append(("Avg Gap to reference", _fmt(certificate["avg_gap_original"]), _fmt(certificate["avg_gap"]), "0.00"))
     return rows
 
 
 def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+    if v is None:
+        return "-"
+    return f"{v:.2g}" if 0 < abs(v) < 0.01 else f"{v:.2f}"
 
 
 def render_markdown(c: dict[str, Any]) -> str:

@@ -197,7 +197,8 @@ class Method(ABC):
         """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and retain guard."""
         return fit(model, loader, loss, optimizer, epochs=epochs, max_steps=self.config.max_steps,
                    max_seconds=self.config.max_seconds, description=kwargs.pop("description", self.name),
-                   guard=self.retain_guard(model, request) if guard else None, **kwargs)
+                   guard=self.retain_guard(model, request) if guard else None,
+                   accelerator=request.task.accelerator(), **kwargs)
 
     def retain_guard(self, model: nn.Module, request: UnlearnRequest, sample: int = 1024) -> Guard | None:
         """A guard that fails once accuracy on a fixed retain sample drops ``max_retain_drop`` points below where
@@ -211,11 +212,8 @@ class Method(ABC):
         subset = request.retain.subset(request.retain.ids[picked.numpy()])
         task = request.task
 
-        def accuracy(m: nn.Module) -> float:
-            return float(task.evaluate(m, subset)["correct"].mean() * 100)
-
-        baseline = accuracy(model)
-        return Guard(check=lambda m: accuracy(m) >= baseline - limit, every=10)
+        baseline = task.quick_accuracy(model, subset)
+        return Guard(check=lambda m: task.quick_accuracy(m, subset) >= baseline - limit, every=10)
 
     fit_result_: FitResult
     seconds_: float

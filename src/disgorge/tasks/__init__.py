@@ -1,10 +1,11 @@
-"""Tasks: domain adapters (``classification``; ``causal_lm`` later) behind one protocol."""
+"""Tasks: domain adapters (``classification``, ``causal_lm``) behind one protocol."""
 
 from .._registry import Registry
 
-TASKS: Registry = Registry("task", "known tasks: classification")
+TASKS: Registry = Registry("task", "known tasks: classification, causal_lm")
 
-from .base import Batch, RecordDataset, Task  # noqa: E402
+from .base import Batch, FigureSet, RecordDataset, Task  # noqa: E402
+from .causal_lm import CausalLMTask  # noqa: E402
 from .classification import ClassificationTask  # noqa: E402
 
 
@@ -13,4 +14,4 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)()
 
 
-__all__ = ["TASKS", "Batch", "ClassificationTask", "RecordDataset", "Task", "get_task"]
+__all__ = ["TASKS", "Batch", "CausalLMTask", "ClassificationTask", "FigureSet", "RecordDataset", "Task", "get_task"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,11 +35,35 @@ class RecordDataset(Dataset):
     def __getitem__(self, i: int) -> Batch:
         return {k: t[i] for k, t in self.tensors.items()}
 
+    def tensors_slice(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` as one batch."""
+        return {k: t[start:stop] for k, t in self.tensors.items()}
+
     def subset(self, ids: Sequence[int] | Any) -> RecordDataset:
         """The rows whose record ids are in ``ids`` (order of this dataset)."""
         mask = np.isin(self.ids, np.fromiter((int(i) for i in ids), dtype=np.int64))
         idx = torch.from_numpy(np.nonzero(mask)[0])
         return RecordDataset(self.ids[mask], **{k: t[idx] for k, t in self.tensors.items()})
+
+
+@dataclass(frozen=True)
+class FigureSet:
+    """The verification figures a task reports: display order and labels, the keys Avg Gap averages, and which
+    figure plays each role the certificate checks (forget/retain/test accuracy, the membership signal)."""
+
+    keys: tuple[str, ...]
+    labels: dict[str, str]
+    gap: tuple[str, ...]
+    retain: str
+    test: str
+    mia: str
+
+
+CLASSIFICATION_FIGURES = FigureSet(
+    keys=("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect"),
+    labels={"ua": "UA (forget error)", "ra": "RA (retain acc.)", "ta": "TA (test acc.)", "mia_efficacy": "MIA-efficacy",
+            "mia_auc": "MIA AUC (loss)", "effect": "effect"},
+    gap=("ua", "ra", "ta", "mia_efficacy"), retain="ra", test="ta", mia="mia_efficacy")
 
 
 class Task(ABC):
@@ -50,10 +75,12 @@ class Task(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    figures: ClassVar[FigureSet] = CLASSIFICATION_FIGURES
 
     @abstractmethod
-    def data_info(self, data: RecordDataset) -> dict[str, Any]:
-        """Facts about the data a model must be built for (input shape, number of classes)."""
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
+        """Facts about the training data a model must be built for (input shape, number of classes, a trained
+        vocabulary); stored with the model, so a model retrained on less data is built the same way."""
 
     @abstractmethod
     def dataset(self, records: Sequence[Record]) -> RecordDataset:
@@ -83,9 +110,38 @@ class Task(ABC):
         """For each example, the class a small adversarial input step pushes it to (capability ``adversarial``)."""
         raise NotImplementedError(f"task {self.name!r} has no adversarial inputs")
 
+    def hidden_states(self, model: nn.Module, batch: Batch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activations after block ``layer`` and their mask (capability ``hidden_states``)."""
+        raise NotImplementedError(f"task {self.name!r} exposes no hidden states")
+
+    def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
+        """The batch with new answer texts (capability ``text``)."""
+        raise NotImplementedError(f"task {self.name!r} has no text answers")
+
+    def accelerator(self) -> Any:
+        """An ``accelerate.Accelerator`` the training loop runs through, or None for a plain loop."""
+        return None
+
+    def quick_accuracy(self, model: nn.Module, data: RecordDataset) -> float:
+        """A cheap utility score in percent for guards (accuracy here)."""
+        return float(self.evaluate(model, data)["correct"].mean() * 100)
+
     @abstractmethod
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
         """Per-example ``loss``, ``correct`` (0/1) and ``confidence`` (probability of the true target)."""
+
+    def split_figures(self, forget: dict[str, np.ndarray], retain: dict[str, np.ndarray],
+                      test: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
+        """The figures of one model from its per-example outputs on the three splits (UA, RA, TA, MIAs here)."""
+        from ..evaluate.metrics import split_figures
+
+        return split_figures(forget, retain, test, seed=seed)
+
+    def relative_figures(self, forget: dict[str, np.ndarray], figures: dict[str, float | None],
+                         reference_forget: dict[str, np.ndarray],
+                         reference_figures: dict[str, float | None]) -> dict[str, float | None]:
+        """Figures that compare a model with the retrained reference directly (none here)."""
+        return {}
 
     def loader(self, data: RecordDataset, batch_size: int, *, shuffle: bool,
                generator: torch.Generator | None = None) -> DataLoader:

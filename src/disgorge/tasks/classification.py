@@ -25,7 +25,7 @@ class ClassificationTask(Task):
     name: ClassVar[str] = "classification"
     capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits", "adversarial"})
 
-    def data_info(self, data: RecordDataset) -> dict[str, Any]:
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
         """Input shape and number of classes (largest label + 1)."""
         return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": int(data.tensors["y"].max()) + 1}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .. import _progress
 from ..errors import DisgorgeError
@@ -78,12 +79,15 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
         epochs: int = 1, max_steps: int | None = None, max_seconds: float | None = None,
         description: str = "training", max_rollbacks: int = 4,
         should_stop: Callable[[], bool] | None = None,
-        after_backward: Callable[[nn.Module], None] | None = None, guard: Guard | None = None) -> FitResult:
+        after_backward: Callable[[nn.Module], None] | None = None, guard: Guard | None = None,
+        accelerator: Any | None = None) -> FitResult:
     """Run ``epochs`` passes over ``loader``, stepping ``optimizer`` on ``loss_fn(model, batch)``.
 
     Stops early at ``max_steps`` optimiser steps, after ``max_seconds``, or when ``should_stop()`` is true.
     ``after_backward(model)`` may edit gradients before each step (masks, clipping). ``guard`` rolls back to the
-    last state that kept the model's utility and stops.
+    last state that kept the model's utility and stops. With an ``accelerate.Accelerator`` the model, optimiser and
+    DataLoader are prepared by it and the backward pass goes through it (devices, mixed precision, distributed
+    processes as its configuration says); ``loss_fn`` then receives the prepared model.
     A step that gives a non-finite loss or weights is rolled back to the state before the epoch and the learning
     rate halved; after ``max_rollbacks`` such rollbacks :class:`NonFiniteLoss` is raised.
     """
@@ -97,6 +101,12 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     if max_steps is not None and total is not None:
         total = min(total, max_steps)
     model.train()
+    net, backward = model, (lambda loss: loss.backward())
+    if accelerator is not None:
+        net, optimizer = accelerator.prepare(model, optimizer)
+        if isinstance(loader, DataLoader):
+            loader = accelerator.prepare(loader)
+        backward = accelerator.backward
     good = _snapshot(model) if guard is not None else None
     strikes = 0
     with _progress.bar(description, total) as bar:
@@ -107,11 +117,11 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
             diverged = False
             for batch in loader:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, batch)
+                loss = loss_fn(net, batch)
                 if not torch.isfinite(loss):
                     diverged = True
                     break
-                loss.backward()
+                backward(loss)
                 if after_backward is not None:
                     after_backward(model)
                 optimizer.step()

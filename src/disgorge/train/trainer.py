@@ -36,7 +36,7 @@ def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, 
         loader = task.loader(data, recipe.train.batch_size, shuffle=True, generator=generator)
         optimizer = make_optimizer(model.parameters(), recipe.train)
         result = fit(model, loader, mean_loss(task), optimizer, epochs=recipe.train.epochs,
-                     description=f"train {recipe.name}")
+                     description=f"train {recipe.name}", accelerator=task.accelerator())
     model.eval()
     return model, result
 
@@ -78,7 +78,7 @@ def train(ws: Any, recipe: Recipe) -> ModelRow:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no active training records; ingest data first")
     task = get_task(recipe.task)
     data = ws.dataset(task, ids)
-    info = {"data": task.data_info(data)}
+    info = {"data": task.data_info(data, recipe.model)}
     model, result = fit_recipe(task, recipe, data, info["data"])
     info["fit"] = {"steps": result.steps, "epochs": result.epochs, "final_loss": result.losses[-1]}
     row = save_model(ws, model=model, recipe=recipe, records=ids, info=info, kind="trained",

@@ -1,0 +1,344 @@
+"""Causal language modelling over Hugging Face ``transformers`` models: question answering and plain documents.
+
+A record is either a question/answer pair (fields ``prompt`` and ``answer``; optionally ``key``, the words that make
+the answer right, ``paraphrase`` and ``perturbed``, wrong answers separated by newlines, as TOFU has) or a document
+(field ``text``). Text fields are UTF-8 bytes (``uint8`` arrays; :func:`text_field` makes them). The loss of a record
+is the mean negative log-likelihood of its answer tokens given the question (of every token for a document).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidRequest
+from ..ledger import Record
+from ..models.language import LanguageModel, lm_family, require_lm
+from ..train.recipe import ModelSpec
+from . import TASKS
+from .base import Batch, FigureSet, RecordDataset, Task
+
+TEXT_COLUMNS = ("prompt", "answer", "key", "paraphrase", "perturbed")
+LM_FIGURES = FigureSet(
+    keys=("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_quality", "model_utility",
+          "forget_truth_ratio", "retain_truth_ratio", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge", "verbmem", "mia_loss",
+          "mia_zlib", "mia_mink", "mia_minkpp", "privleak", "effect"),
+    labels={"forget_accuracy": "forget answer acc.", "retain_accuracy": "retain answer acc.",
+            "test_accuracy": "held-out answer acc.", "forget_quality": "forget quality (KS p)",
+            "model_utility": "model utility", "forget_truth_ratio": "forget truth ratio",
+            "retain_truth_ratio": "retain truth ratio", "forget_prob": "forget answer prob.",
+            "retain_prob": "retain answer prob.", "forget_rouge": "forget ROUGE-L", "retain_rouge": "retain ROUGE-L",
+            "verbmem": "verbatim memorisation", "mia_loss": "MIA AUC (LOSS)", "mia_zlib": "MIA AUC (zlib)",
+            "mia_mink": "MIA AUC (Min-K%)", "mia_minkpp": "MIA AUC (Min-K%++)", "privleak": "privleak",
+            "effect": "effect"},
+    gap=("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_mink"),
+    retain="retain_accuracy", test="test_accuracy", mia="mia_mink")
+MIN_K = 0.4  # share of lowest-probability tokens the Min-K% attacks average (MUSE's setting)
+
+
+def text_field(text: str) -> np.ndarray:
+    """A text as a record field (UTF-8 bytes)."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
+
+
+def field_text(value: np.ndarray) -> str:
+    """Inverse of :func:`text_field`."""
+    return np.asarray(value, dtype=np.uint8).tobytes().decode("utf-8")
+
+
+def _pad_bytes(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = [t.encode("utf-8") for t in texts]
+    width = max((len(b) for b in raw), default=0)
+    out = np.zeros((len(raw), max(width, 1)), dtype=np.uint8)
+    for i, b in enumerate(raw):
+        out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return torch.from_numpy(out), torch.tensor([len(b) for b in raw], dtype=torch.long)
+
+
+def texts(batch: Batch, column: str) -> list[str]:
+    """The strings of one text column of a batch."""
+    data, lengths = batch[column], batch[f"{column}_len"]
+    return [bytes(row[:n].tolist()).decode("utf-8") for row, n in zip(data, lengths.tolist(), strict=True)]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (punctuation dropped): what answer matching compares."""
+    return re.findall(r"\w+", text.lower())
+
+
+def contains(haystack: str, needle: str) -> bool:
+    """Whether the words of ``needle`` occur, in order and adjacent, in ``haystack``."""
+    h, n = words(haystack), words(needle)
+    return bool(n) and any(h[i:i + len(n)] == n for i in range(len(h) - len(n) + 1))
+
+
+def _unwrap(model: nn.Module) -> LanguageModel:
+    inner = getattr(model, "module", model)  # a distributed wrapper from accelerate
+    if not isinstance(inner, LanguageModel):
+        raise InvalidRequest(f"the causal_lm task needs a language model, got {type(inner).__name__}")
+    return inner
+
+
+@TASKS.register("causal_lm")
+class CausalLMTask(Task):
+    """Question answering and document modelling with a causal LM; answer-only loss for questions."""
+
+    name: ClassVar[str] = "causal_lm"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"text", "hidden_states", "generation"})
+    figures: ClassVar[FigureSet] = LM_FIGURES
+
+    # -- data -----------------------------------------------------------------------------------------
+    def dataset(self, records: Sequence[Record]) -> RecordDataset:
+        """Pad each text column's bytes; documents become records with an empty prompt."""
+        columns: dict[str, list[str]] = {c: [] for c in TEXT_COLUMNS}
+        for r in records:
+            if r.fields is None:
+                raise InvalidRequest(f"record {r.id} was erased; its content is gone")
+            f = r.fields
+            if "text" in f:
+                columns["prompt"].append("")
+                columns["answer"].append(field_text(f["text"]))
+            elif "prompt" in f and "answer" in f:
+                columns["prompt"].append(field_text(f["prompt"]))
+                columns["answer"].append(field_text(f["answer"]))
+            else:
+                raise InvalidRequest(f"record {r.id} is not a language record (needs field text, or prompt and "
+                                     "answer)")
+            for c in ("key", "paraphrase", "perturbed"):
+                columns[c].append(field_text(f[c]) if c in f else "")
+        tensors: dict[str, torch.Tensor] = {}
+        for c, values in columns.items():
+            tensors[c], tensors[f"{c}_len"] = _pad_bytes(values)
+        return RecordDataset([r.id for r in records], **tensors)
+
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
+        """What the model family learns from the training texts (the word vocabulary, for ``word``)."""
+        require_lm()
+        if spec is None:
+            return {}
+        everything = [t for c in TEXT_COLUMNS for t in texts(data.tensors, c) if t]
+        return lm_family(spec.family, spec.params).data_info(everything)
+
+    def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
+        """The recipe's language model (``gpt2`` from a config, or ``pretrained`` from a local folder)."""
+        require_lm()
+        return lm_family(spec.family, spec.params).build(info)
+
+    def accelerator(self) -> Any:
+        """A Hugging Face ``accelerate`` Accelerator: one CPU process here; ``accelerate launch`` with a config
+        (several GPUs, FSDP, DeepSpeed) scales the same recipe out."""
+        from accelerate import Accelerator
+
+        return Accelerator()
+
+    # -- tokens ---------------------------------------------------------------------------------------
+    def encode(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[BOS] prompt answer [EOS]``, right-padded: ids ``[B, T]``, attention mask, and a mask of the target
+        positions (``[B, T-1]``, shifted) that belong to the answer. Too long a pair loses the end of its answer."""
+        lm = _unwrap(model)
+        tok = lm.tokenizer
+        p_ids, a_ids = tok.encode(prompts), tok.encode(answers)
+        rows, targets = [], []
+        for p, a in zip(p_ids, a_ids, strict=True):
+            p = p[-(lm.max_length - 2):]
+            a = ([*a, tok.eos_id])[:max(lm.max_length - 1 - len(p), 1)]
+            rows.append([tok.bos_id, *p, *a])
+            targets.append((len(p), len(a)))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        answer = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+        for i, (row, (np_, na)) in enumerate(zip(rows, targets, strict=True)):
+            ids[i, :len(row)] = torch.tensor(row)
+            attention[i, :len(row)] = 1
+            answer[i, np_:np_ + na] = True
+        device = lm.device
+        return ids.to(device), attention.to(device), answer.to(device)
+
+    def token_logprobs(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str], *,
+                       stats: bool = False) -> dict[str, torch.Tensor]:
+        """Log-probability of each answer token (``logp``, ``mask``); with ``stats`` also the mean and standard
+        deviation of the log-probability over the vocabulary at each position (Min-K%++)."""
+        ids, attention, mask = self.encode(model, prompts, answers)
+        logits = model(ids, attention).logits[:, :-1].float()
+        logprobs = F.log_softmax(logits, dim=-1)
+        out = {"logp": logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1), "mask": mask}
+        if stats:
+            probs = logprobs.exp()
+            mu = (probs * logprobs).sum(-1)
+            out["mu"] = mu
+            out["sigma"] = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+            out["argmax_ok"] = logits.argmax(-1) == ids[:, 1:]
+        return out
+
+    def sequence_nll(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """Mean negative log-likelihood of each answer's tokens given its prompt, ``[B]``."""
+        out = self.token_logprobs(model, prompts, answers)
+        mask = out["mask"].float()
+        return -(out["logp"] * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Answer-only mean token NLL of each record (every token for documents)."""
+        return self.sequence_nll(model, texts(batch, "prompt"), texts(batch, "answer"))
+
+    def hidden_states(self, model: nn.Module, batch: Batch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activations after block ``layer`` (``[B, T, D]``) and the attention mask ``[B, T]``."""
+        ids, attention, _ = self.encode(model, texts(batch, "prompt"), texts(batch, "answer"))
+        hidden = model(ids, attention, output_hidden_states=True).hidden_states
+        if not -len(hidden) < layer + 1 < len(hidden):
+            raise InvalidRequest(f"layer {layer} does not exist; the model has {len(hidden) - 1} blocks")
+        return hidden[layer + 1], attention
+
+    def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
+        """The batch with new answers (the same questions)."""
+        data, lengths = _pad_bytes(answers)
+        return {**batch, "answer": data, "answer_len": lengths}
+
+    # -- generation and evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model: nn.Module, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` (left-padded batch, key/value cache)."""
+        lm = _unwrap(model)
+        tok = lm.tokenizer
+        encoded = [[tok.bos_id, *p][-(lm.max_length - 1):] for p in tok.encode(prompts)]
+        width = max(len(e) for e in encoded)
+        new = max(1, min(max_new_tokens, lm.max_length - width))
+        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e):] = torch.tensor(e)
+            attention[i, width - len(e):] = 1
+        out = lm.net.generate(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
+                              max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_id,
+                              eos_token_id=tok.eos_id)[:, width:].tolist()
+        cut = [row[:row.index(tok.eos_id)] if tok.eos_id in row else row for row in out]
+        return tok.decode(cut)
+
+    def quick_accuracy(self, model: nn.Module, data: RecordDataset) -> float:
+        """Share (percent) of answer tokens that are the model's top prediction under teacher forcing: a
+        generation-free utility score for guards."""
+        was_training = model.training
+        model.eval()
+        hits = total = 0
+        with torch.no_grad():
+            for i in range(0, len(data), 128):
+                batch = data.tensors_slice(i, i + 128)
+                out = self.token_logprobs(model, texts(batch, "prompt"), texts(batch, "answer"), stats=True)
+                hits += int((out["argmax_ok"] & out["mask"]).sum())
+                total += int(out["mask"].sum())
+        model.train(was_training)
+        return 100.0 * hits / max(total, 1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 128) -> dict[str, np.ndarray]:
+        """Per record: ``loss`` (mean answer NLL), ``confidence`` (length-normalised answer probability),
+        ``correct`` (the greedy answer contains the key, or reproduces the answer / the document's second half),
+        ``rouge`` (ROUGE-L recall of that generation), the MIA scores ``mia_loss``, ``mia_zlib``, ``mia_mink``,
+        ``mia_minkpp`` (higher = more member-like) and, for records with wrong answers, ``truth_ratio``."""
+        from ..evaluate import lm_metrics as lm
+
+        was_training = model.training
+        model.eval()
+        cols: dict[str, list[Any]] = {k: [] for k in ("loss", "confidence", "correct", "rouge", "mia_loss",
+                                                      "mia_zlib", "mia_mink", "mia_minkpp", "truth_ratio")}
+        generations: list[str] = []
+        for i in range(0, len(data), batch_size):
+            batch = data.tensors_slice(i, i + batch_size)
+            prompts, answers, keys = texts(batch, "prompt"), texts(batch, "answer"), texts(batch, "key")
+            out = self.token_logprobs(model, prompts, answers, stats=True)
+            mask = out["mask"]
+            nll = -(out["logp"] * mask).sum(1) / mask.sum(1).clamp(min=1)
+            per_token = [row[m].numpy() for row, m in zip(out["logp"], mask, strict=True)]
+            mus = [row[m].numpy() for row, m in zip(out["mu"], mask, strict=True)]
+            sigmas = [row[m].numpy() for row, m in zip(out["sigma"], mask, strict=True)]
+            cols["loss"].append(nll.numpy())
+            cols["mia_loss"].append(lm.loss_score(per_token))
+            cols["mia_zlib"].append(lm.zlib_score(per_token, answers))
+            cols["mia_mink"].append(lm.mink_score(per_token, MIN_K))
+            cols["mia_minkpp"].append(lm.minkpp_score(per_token, mus, sigmas, MIN_K))
+            cols["truth_ratio"].append(self._truth_ratios(model, batch, prompts))
+            # Questions are answered from the question; documents are continued from their first half.
+            split = [_halves(a) if not p else (p, a) for p, a in zip(prompts, answers, strict=True)]
+            targets = [t for _, t in split]
+            budget = max(len(t) for t in _unwrap(model).tokenizer.encode(targets)) + 2
+            generated = self.generate(model, [s for s, _ in split], budget)
+            generations += generated
+            cols["rouge"].append(lm.rouge_l_many(generated, targets, kind="recall"))
+            cols["correct"].append(np.array([
+                float(contains(g, k)) if k else float(words(g) == words(t))
+                for g, t, k in zip(generated, targets, keys, strict=True)]))
+        model.train(was_training)
+        result = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
+        result["confidence"] = np.exp(-result["loss"])
+        result["generation"] = np.array(generations, dtype=object)
+        return result
+
+    def split_figures(self, forget: dict[str, np.ndarray], retain: dict[str, np.ndarray],
+                      test: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
+        """TOFU's and MUSE's figures of one model: answer accuracy (percent) per split, answer probability, ROUGE-L
+        recall and truth ratio on forget and retain, model utility (their harmonic mean on retain), verbatim
+        memorisation (percent ROUGE-L of the forget set's generations) and four MIA AUCs, forget vs held-out."""
+        from ..evaluate import lm_metrics as lm
+
+        def mean(values: np.ndarray) -> float:
+            values = values[~np.isnan(values)] if len(values) else values
+            return float(np.mean(values)) if len(values) else float("nan")
+
+        out: dict[str, float] = {}
+        for name, outs in (("forget", forget), ("retain", retain), ("test", test)):
+            out[f"{name}_accuracy"] = mean(outs["correct"]) * 100
+        for name, outs in (("forget", forget), ("retain", retain)):
+            out[f"{name}_prob"] = mean(outs["confidence"])
+            out[f"{name}_rouge"] = mean(outs["rouge"])
+            ratios = outs["truth_ratio"][~np.isnan(outs["truth_ratio"])]
+            out[f"{name}_truth_ratio"] = lm.truth_ratio_score(ratios) if len(ratios) else float("nan")
+        utility = [out["retain_prob"], out["retain_rouge"]]
+        if not np.isnan(out["retain_truth_ratio"]):
+            utility.append(out["retain_truth_ratio"])
+        out["model_utility"] = lm.model_utility(utility)
+        out["verbmem"] = mean(forget["rouge"]) * 100
+        for attack in ("loss", "zlib", "mink", "minkpp"):
+            out[f"mia_{attack}"] = lm.mia_auc(forget[f"mia_{attack}"], test[f"mia_{attack}"])
+        return out
+
+    def relative_figures(self, forget: dict[str, np.ndarray], figures: dict[str, float | None],
+                         reference_forget: dict[str, np.ndarray],
+                         reference_figures: dict[str, float | None]) -> dict[str, float | None]:
+        """Forget quality (KS-test p-value of forget-set truth ratios against the retrained model's) and MUSE's
+        privleak (relative Min-K% AUC gap to the retrained model, percent)."""
+        from ..evaluate import lm_metrics as lm
+
+        mine, theirs = forget["truth_ratio"], reference_forget["truth_ratio"]
+        quality = lm.forget_quality(mine[~np.isnan(mine)], theirs[~np.isnan(theirs)])
+        auc, ref_auc = figures.get("mia_mink"), reference_figures.get("mia_mink")
+        leak = None if auc is None or ref_auc is None else lm.privleak(auc, ref_auc)
+        return {"forget_quality": quality, "privleak": leak}
+
+    def _truth_ratios(self, model: nn.Module, batch: Batch, prompts: list[str]) -> np.ndarray:
+        from ..evaluate import lm_metrics as lm
+
+        paraphrases, wrong = texts(batch, "paraphrase"), [w.split("\n") if w else [] for w in texts(batch, "perturbed")]
+        ratios = np.full(len(prompts), np.nan)
+        have = [i for i, (p, w) in enumerate(zip(paraphrases, wrong, strict=True)) if p and w]
+        if not have:
+            return ratios
+        k = min(len(wrong[i]) for i in have)
+        q = [prompts[i] for i in have]
+        para = self.sequence_nll(model, q, [paraphrases[i] for i in have]).numpy()
+        pert = np.stack([self.sequence_nll(model, q, [wrong[i][j] for i in have]).numpy() for j in range(k)], 1)
+        ratios[have] = lm.truth_ratio(para, pert)
+        return ratios
+
+
+def _halves(text: str) -> tuple[str, str]:
+    """A document split at the word boundary nearest its middle: (prefix, continuation)."""
+    parts = text.split(" ")
+    cut = max(1, len(parts) // 2)
+    return " ".join(parts[:cut]), " ".join(parts[cut:])
