@@ -306,7 +306,7 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
     ids = cert["models"]
     table = Table(title=f"request {cert['request']}: {cert['method']} on {cert['records']['forgotten']} records",
                   show_lines=False)
-    table.add_column("figure (%)")
+    table.add_column("figure")
     table.add_column(f"original {ids['parent']['id']}", justify="right")
     table.add_column(f"unlearned {ids['child']['id']}", justify="right")
     table.add_column(f"retrained {ids['reference']['id']}", justify="right")

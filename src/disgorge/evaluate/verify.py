@@ -130,7 +130,8 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
         "method_report": report or {},
         "scenario": ws.scenario,
         "task": task.name,
-        "figures": {"keys": list(task.figures.keys), "labels": task.figures.labels, "gap": list(task.figures.gap)},
+        "figures": {"keys": list(task.figures.keys), "labels": task.figures.labels, "gap": list(task.figures.gap),
+                    "units": task.figures.units},
         "effect": _effect_meta(ws.scenario),
         "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},
         "models": {
@@ -227,7 +228,8 @@ def render_markdown(c: dict[str, Any]) -> str:
         f"Method `{c['method']}` turned model `{c['models']['parent']['id']}` into "
         f"`{c['models']['child']['id']}`, forgetting {c['records']['forgotten']} records; "
         f"reference `{c['models']['reference']['id']}` was retrained without them "
-        f"({c['records']['retained']} records). Figures in percent; held-out set of {c['records']['test']}.",
+        f"({c['records']['retained']} records); held-out set of {c['records']['test']}. "
+        f"{c.get('figures', {}).get('units', CLASSIFICATION_FIGURES.units)}",
         "",
         "| figure | original | unlearned | retrained reference |",
         "|---|---:|---:|---:|",

@@ -21,6 +21,7 @@ from ..errors import DisgorgeError, InvalidRequest
 from ..tasks import RecordDataset, Task
 from ..train.loop import FitResult, Guard, LossFn, fit, warm_up
 from ..train.recipe import TrainSpec
+from . import adapters
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,8 @@ class MethodConfig:
     max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
     max_retain_drop: float = option(5.0, "roll back and stop when accuracy on a retain sample falls more than this "
                                          "many points below the original's (100 turns the guard off)", low=0)
+    lora_rank: int = option(0, "fine-tune methods: train only LoRA adapters of this rank (peft), merged into the "
+                               "weights afterwards; 0 trains every weight", low=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -171,6 +174,8 @@ class Method(ABC):
                                  f"{request.task.name!r} does not offer; pick another method (`disgorge methods`)")
         if "retain" in self.needs and len(request.retain) == 0:
             raise InvalidRequest(f"method {self.name!r} needs retain data and none is left")
+        if self.config.lora_rank and self.family != "fine-tune":
+            raise InvalidRequest(f"method {self.name!r} is not a fine-tune method; lora_rank applies only to those")
         if "forget" in self.needs and len(request.forget) == 0:
             raise InvalidRequest(f"method {self.name!r} needs forget data and the forget set is empty")
 
@@ -181,9 +186,14 @@ class Method(ABC):
         self.report_ = {}
         start = time.perf_counter()
         work = copy.deepcopy(model)
+        rank = self.config.lora_rank
         with torch.random.fork_rng():
             torch.manual_seed(request.seed)
+            if rank:
+                work = adapters.add_lora(work, rank)
             out = self._unlearn(work, request)
+            if rank:
+                out = adapters.merge_lora(out)
         self.seconds_ = time.perf_counter() - start
         out.eval()
         return out

@@ -43,7 +43,7 @@ class GradientAscent(Method):
             return -task.per_example_loss(m, batch).mean()
 
         def forgotten() -> bool:
-            return float(task.evaluate(model, request.forget)["correct"].mean() * 100) <= self.config.stop_accuracy
+            return task.quick_accuracy(model, request.forget) <= self.config.stop_accuracy
 
         self.fit_result_ = self.fit(model, request, request.loader("forget"), ascent, optimizer,
                                     epochs=self.config.epochs, should_stop=forgotten)

@@ -27,7 +27,9 @@ from .families import ModelConfigError
 
 LM_FAMILIES: Registry = Registry("language-model family", "known: gpt2, pretrained")
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
-WORDS = re.compile(r"\w+|[^\w\s]+")
+# Refusals the ``idk`` method teaches; every trained word vocabulary includes their words so any model can say them.
+REFUSALS = ("I don't know.", "I do not know that.", "I'm not sure.", "I have no idea.", "I cannot answer that.",
+            "That is not something I know.", "I don't have that information.", "I can't say.")
 
 
 def require_lm() -> None:
@@ -94,13 +96,14 @@ class WordTokenizer:
 
     @staticmethod
     def train(texts: Sequence[str], min_frequency: int = 1) -> list[str]:
-        """A vocabulary trained on ``texts``: specials first, then words by falling frequency (ties alphabetical)."""
+        """A vocabulary trained on ``texts`` and the refusals ``idk`` teaches: specials first, then words by falling
+        frequency."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import models, pre_tokenizers, trainers
 
         tok = HFTokenizer(models.WordLevel(unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(SPECIALS),
+        tok.train_from_iterator([*texts, *REFUSALS], trainers.WordLevelTrainer(special_tokens=list(SPECIALS),
                                                                  min_frequency=min_frequency, show_progress=False))
         by_id = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
         return [w for w, _ in by_id]

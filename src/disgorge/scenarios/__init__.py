@@ -6,6 +6,7 @@ SCENARIOS: Registry = Registry("scenario", "see `disgorge scenarios`")
 
 from .base import Scenario, SourceData  # noqa: E402
 from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent  # noqa: E402
+from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini  # noqa: E402
 from .mnist import MNIST  # noqa: E402
 
 
@@ -14,5 +15,5 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS.get(name)()
 
 
-__all__ = ["MNIST", "SCENARIOS", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent",
-           "Scenario", "SourceData", "get_scenario"]
+__all__ = ["MNIST", "SCENARIOS", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
+           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SourceData", "get_scenario"]

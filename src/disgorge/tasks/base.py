@@ -57,6 +57,7 @@ class FigureSet:
     retain: str
     test: str
     mia: str
+    units: str = "Figures in percent."
 
 
 CLASSIFICATION_FIGURES = FigureSet(

@@ -27,8 +27,8 @@ from .base import Batch, FigureSet, RecordDataset, Task
 TEXT_COLUMNS = ("prompt", "answer", "key", "paraphrase", "perturbed")
 LM_FIGURES = FigureSet(
     keys=("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_quality", "model_utility",
-          "forget_truth_ratio", "retain_truth_ratio", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge", "verbmem", "mia_loss",
-          "mia_zlib", "mia_mink", "mia_minkpp", "privleak", "effect"),
+          "forget_truth_ratio", "retain_truth_ratio", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
+          "verbmem", "mia_loss", "mia_zlib", "mia_mink", "mia_minkpp", "privleak", "effect"),
     labels={"forget_accuracy": "forget answer acc.", "retain_accuracy": "retain answer acc.",
             "test_accuracy": "held-out answer acc.", "forget_quality": "forget quality (KS p)",
             "model_utility": "model utility", "forget_truth_ratio": "forget truth ratio",
@@ -38,7 +38,9 @@ LM_FIGURES = FigureSet(
             "mia_mink": "MIA AUC (Min-K%)", "mia_minkpp": "MIA AUC (Min-K%++)", "privleak": "privleak",
             "effect": "effect"},
     gap=("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_mink"),
-    retain="retain_accuracy", test="test_accuracy", mia="mia_mink")
+    retain="retain_accuracy", test="test_accuracy", mia="mia_mink",
+    units="Accuracies, verbatim memorisation, MIA AUCs and privleak in percent; probabilities, ROUGE-L, truth "
+          "ratios, forget quality and model utility from 0 to 1.")
 MIN_K = 0.4  # share of lowest-probability tokens the Min-K% attacks average (MUSE's setting)
 
 
@@ -240,14 +242,16 @@ class CausalLMTask(Task):
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 128) -> dict[str, np.ndarray]:
         """Per record: ``loss`` (mean answer NLL), ``confidence`` (length-normalised answer probability),
         ``correct`` (the greedy answer contains the key, or reproduces the answer / the document's second half),
-        ``rouge`` (ROUGE-L recall of that generation), the MIA scores ``mia_loss``, ``mia_zlib``, ``mia_mink``,
+        ``rouge`` (ROUGE-L recall of that generation, TOFU's), ``verbatim`` (its ROUGE-L F1 without stemming,
+        MUSE's VerbMem), the MIA scores ``mia_loss``, ``mia_zlib``, ``mia_mink``,
         ``mia_minkpp`` (higher = more member-like) and, for records with wrong answers, ``truth_ratio``."""
         from ..evaluate import lm_metrics as lm
 
         was_training = model.training
         model.eval()
         cols: dict[str, list[Any]] = {k: [] for k in ("loss", "confidence", "correct", "rouge", "mia_loss",
-                                                      "mia_zlib", "mia_mink", "mia_minkpp", "truth_ratio")}
+                                                      "mia_zlib", "mia_mink", "mia_minkpp", "truth_ratio",
+                                                      "verbatim")}
         generations: list[str] = []
         for i in range(0, len(data), batch_size):
             batch = data.tensors_slice(i, i + batch_size)
@@ -271,6 +275,7 @@ class CausalLMTask(Task):
             generated = self.generate(model, [s for s, _ in split], budget)
             generations += generated
             cols["rouge"].append(lm.rouge_l_many(generated, targets, kind="recall"))
+            cols["verbatim"].append(lm.rouge_l_many(generated, targets, kind="f1", use_stemmer=False))
             cols["correct"].append(np.array([
                 float(contains(g, k)) if k else float(words(g) == words(t))
                 for g, t, k in zip(generated, targets, keys, strict=True)]))
@@ -284,7 +289,8 @@ class CausalLMTask(Task):
                       test: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
         """TOFU's and MUSE's figures of one model: answer accuracy (percent) per split, answer probability, ROUGE-L
         recall and truth ratio on forget and retain, model utility (their harmonic mean on retain), verbatim
-        memorisation (percent ROUGE-L of the forget set's generations) and four MIA AUCs, forget vs held-out."""
+        memorisation (MUSE's VerbMem: percent ROUGE-L F1 of the forget set's generations) and four MIA AUCs,
+        forget vs held-out (percent; 50 = the forget set looks unseen)."""
         from ..evaluate import lm_metrics as lm
 
         def mean(values: np.ndarray) -> float:
@@ -298,12 +304,14 @@ class CausalLMTask(Task):
             out[f"{name}_prob"] = mean(outs["confidence"])
             out[f"{name}_rouge"] = mean(outs["rouge"])
             ratios = outs["truth_ratio"][~np.isnan(outs["truth_ratio"])]
-            out[f"{name}_truth_ratio"] = lm.truth_ratio_score(ratios) if len(ratios) else float("nan")
+            # TOFU's forms: min(R, 1/R) on forget (1 = no preference left), max(0, 1 - R) on retain (1 = knows).
+            score = lm.truth_ratio_forget_score if name == "forget" else lm.truth_ratio_score
+            out[f"{name}_truth_ratio"] = score(ratios) if len(ratios) else float("nan")
         utility = [out["retain_prob"], out["retain_rouge"]]
         if not np.isnan(out["retain_truth_ratio"]):
             utility.append(out["retain_truth_ratio"])
         out["model_utility"] = lm.model_utility(utility)
-        out["verbmem"] = mean(forget["rouge"]) * 100
+        out["verbmem"] = mean(forget["verbatim"]) * 100
         for attack in ("loss", "zlib", "mink", "minkpp"):
             out[f"mia_{attack}"] = lm.mia_auc(forget[f"mia_{attack}"], test[f"mia_{attack}"])
         return out

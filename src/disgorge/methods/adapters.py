@@ -1,0 +1,42 @@
+"""LoRA-restricted unlearning (``peft``): a fine-tune method trains only low-rank adapters, which are merged back
+into the weights afterwards, so the result is a plain model of the same architecture."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import InvalidRequest
+
+
+def _inner(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """The module LoRA wraps: a language model's transformers network, or the model itself."""
+    return (model.net, "net") if hasattr(model, "net") else (model, None)
+
+
+def add_lora(model: nn.Module, rank: int) -> nn.Module:
+    """Freeze ``model`` and add rank-``rank`` LoRA adapters (alpha = 2 * rank) to every linear layer except the
+    output head."""
+    from peft import LoraConfig, get_peft_model
+
+    inner, attr = _inner(model)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
+    try:
+        wrapped = get_peft_model(inner, config)
+    except ValueError as exc:
+        raise InvalidRequest(f"cannot add LoRA adapters to {type(inner).__name__}: {exc}") from None
+    if attr is None:
+        return wrapped
+    setattr(model, attr, wrapped)
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the weights and drop them (the inverse of :func:`add_lora`'s wrapping)."""
+    inner, attr = _inner(model)
+    merged = inner.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(True)
+    if attr is None:
+        return merged
+    setattr(model, attr, merged)
+    return model
