@@ -338,3 +338,36 @@ def test_csv_with_text_feature_column_is_refused(tmp_path: Path) -> None:
     assert "'f2'" in line and "line 3" in line, line
     assert snapshot(root) == before
     assert before["records"] == {} and before["sources"] == []
+
+
+def test_language_model_forget_and_verify_end_to_end(tmp_path: Path) -> None:
+    """A causal LM through the whole CLI: ingest the people scenario, train a GPT-2, forget two people by source
+    with NPO, and read the TOFU/MUSE figures from the certificate and from `disgorge verify`."""
+    ws = tmp_path / "ws"
+    ok(run("init", ws))
+    ok(run("ingest", "--scenario", "people-mini", "-w", ws))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(ok(run("recipe", "people-mini")).stdout)
+    model = TRAINED.search(ok(run("train", recipe, "-w", ws)).stdout).group(1)
+    forgotten = ["person-038", "person-039"]
+    proc = ok(run("forget", *[a for s in forgotten for a in ("--source", s)], "--method", "npo", "--accept-failed",
+                  "--defer-erase", "-w", ws))
+    request, n, _, method, parent, child = FORGOT.search(proc.stdout).groups()
+    assert (method, parent, int(n)) == ("npo", model, 8)
+    cert = json.loads(next((ws / "reports" / f"r{request}" / child).glob("certificate.json")).read_text())
+    m = cert["metrics"]
+    assert cert["task"] == "causal_lm"
+    # The original memorised the two people; the retrained model never saw them; NPO removed the answers while
+    # the other people's answers held.
+    assert m["original"]["forget_accuracy"] >= 90 and m["reference"]["forget_accuracy"] <= 30
+    assert m["unlearned"]["forget_accuracy"] <= 30
+    assert m["unlearned"]["retain_accuracy"] >= 0.9 * m["original"]["retain_accuracy"]
+    assert m["original"]["forget_quality"] < m["unlearned"]["forget_quality"]
+    assert m["original"]["verbmem"] > m["unlearned"]["verbmem"]
+    assert m["original"]["privleak"] < -50  # the original still tells the forget people from unseen ones
+    for key in ("forget_quality", "model_utility", "verbmem", "privleak", "mia_minkpp"):
+        assert m["unlearned"][key] is not None
+    assert "forget quality (KS p)" in (ws / "reports" / f"r{request}" / child / "certificate.md").read_text()
+    again = run("verify", child, "-w", ws)
+    assert again.returncode == (0 if cert["passed"] else 1) and "Traceback" not in again.stderr
+    assert "forget quality" in again.stdout and "verbatim memorisation" in again.stdout

@@ -36,7 +36,7 @@ class BenchSettings:
     """What to run: scenarios x methods over ``seeds``; ``strong_models`` K models per side for F (0: off)."""
 
     scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))
-    methods: list[str] = field(default_factory=lambda: METHODS.names())
+    methods: list[str] | None = None  # None: each scenario's own bench set (all methods for classifiers)
     seeds: int = 3
     strong_models: int = 8
     executor: str = "local"
@@ -50,7 +50,7 @@ class BenchSettings:
             raise InvalidRequest("the strong test needs at least 3 models per side (or 0 to skip it)")
         for name in self.scenarios:
             get_scenario(name)
-        for name in self.methods:
+        for name in self.methods or []:
             METHODS.get(name)
 
 
@@ -74,6 +74,9 @@ def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
 
 def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: Path) -> dict[str, Any]:
     """All seeds and methods of one scenario, plus the strong test on seed 0."""
+    case = get_scenario(scenario)
+    methods = settings.methods or list(case.bench_methods or METHODS.names())
+    strong_models = settings.strong_models if case.strong_test else 0
     seeds = list(range(settings.seeds))
     roots = [work / f"{scenario}-s{s}" for s in seeds]
     for root in roots:
@@ -82,27 +85,27 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: 
     prepared = executor.map(prepare, [(str(r), scenario, s) for r, s in zip(roots, seeds, strict=True)],
                             description=f"{scenario}: train originals")
     problems = [Problem(p["root"], p["model"], p["forget"]) for p in prepared]
-    log.info("%s: reference and %d methods for each seed", scenario, len(settings.methods))
-    cells = executor.map(run, [Job(problem, [seed], reference=True, methods=["original", *settings.methods])
+    log.info("%s: reference and %d methods for each seed", scenario, len(methods))
+    cells = executor.map(run, [Job(problem, [seed], reference=True, methods=["original", *methods])
                                for problem, seed in zip(problems, seeds, strict=True)],
                          description=f"{scenario}: methods x seeds")
     per_seed = [{r["who"]: _light(r) for r in cell} for cell in cells]
-    rows = _aggregate(scenario, per_seed, settings.methods)
+    rows = _aggregate(scenario, per_seed, methods)
     strong: dict[str, Any] = {}
-    if settings.strong_models:
+    if strong_models:
         # The per-example test costs K runs of each method and K retrainings; a method that does not close any of
         # the original's gap is already told apart by the population figures, so it is not run for it.
         original_gap = next(r["avg_gap"] for r in rows if r["method"] == "original")
-        worth = [r["method"] for r in rows if r["method"] in settings.methods and "refused" not in r
+        worth = [r["method"] for r in rows if r["method"] in methods and "refused" not in r
                  and (r["method"] == "retrain" or r["avg_gap"] < original_gap)]
         log.info("%s: strong test for %s", scenario, ", ".join(worth))
-        strong = strong_test(problems[0], worth, settings.strong_models, executor, scenario)
+        strong = strong_test(problems[0], worth, strong_models, executor, scenario)
         for row in rows:
             row.update({k: strong.get(row["method"], {}).get(k) for k in ("forget_score", "final_score",
                                                                            "ulira_auc")})
-            if row["method"] in settings.methods and row["method"] not in strong and "refused" not in row:
+            if row["method"] in methods and row["method"] not in strong and "refused" not in row:
                 row["strong_skipped"] = "no better than the original (Avg Gap)"
-    return {"scenario": scenario, "seeds": seeds, "forgotten": len(problems[0].forget),
+    return {"scenario": scenario, "task": case.recipe().task, "seeds": seeds, "forgotten": len(problems[0].forget),
             "train_seconds": [p["train_seconds"] for p in prepared], "rows": rows, "per_seed": per_seed,
             "strong": strong}
 

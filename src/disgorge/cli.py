@@ -235,7 +235,8 @@ def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
 @app.command()
 def bench(
     scenario: Annotated[list[str] | None, typer.Option(help="scenario (repeatable; default: the bench set)")] = None,
-    methods: Annotated[str | None, typer.Option(help="comma-separated methods (default: all)")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated methods (default: each scenario's set: all "
+                                                   "for classifiers, the language-model methods for LMs)")] = None,
     seeds: Annotated[int, typer.Option(help="seeds per scenario")] = 3,
     strong_models: Annotated[int, typer.Option(help="models per side of the per-example test (0: skip)")] = 8,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
@@ -247,10 +248,9 @@ def bench(
     import time as _time
 
     from .bench import DEFAULT_SCENARIOS, BenchSettings, machine, run_bench
-    from .methods import METHODS
     from .report.benchmarks import write_report
 
-    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else METHODS.names()
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     settings = BenchSettings(scenarios=list(scenario or DEFAULT_SCENARIOS), methods=chosen, seeds=seeds,
                              strong_models=strong_models, executor=executor, workers=workers, out=out_dir)
     started = _time.perf_counter()

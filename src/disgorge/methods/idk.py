@@ -36,7 +36,7 @@ class IDK(Method):
     class Config(MethodConfig):
         """IDK settings."""
 
-        epochs: int = option(5, "passes over the forget set", low=1)
+        epochs: int = option(3, "passes over the retain set (forget batches cycle alongside)", low=1)
         lr: float = lr_option(1e-3)
         loss: str = option("nll", "nll: fine-tune on refusals; dpo: prefer refusals to the answers",
                            choices=("nll", "dpo"))
@@ -47,14 +47,15 @@ class IDK(Method):
         task, cfg = request.task, self.config
         generator = torch.Generator().manual_seed(request.seed)
         reference = frozen_copy(model) if cfg.loss == "dpo" else None
-        retain_batches = request.cycle("retain")
+        forget_batches = request.cycle("forget")
         optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
 
         def refused(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             picks = torch.randint(len(REFUSALS), (len(texts(batch, "answer")),), generator=generator).tolist()
             return task.with_answers(batch, [REFUSALS[i] for i in picks])
 
-        def loss(m: nn.Module, forget_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            forget_batch = next(forget_batches)
             chosen = refused(forget_batch)
             if reference is None:
                 value = task.per_example_loss(m, chosen).mean()
@@ -65,8 +66,8 @@ class IDK(Method):
                 margin = target_log_prob(task, m, chosen) - target_log_prob(task, m, forget_batch)
                 value = -F.logsigmoid(cfg.beta * (margin - ref_margin)).mean()
             if cfg.retain_weight:
-                value = value + cfg.retain_weight * task.per_example_loss(m, next(retain_batches)).mean()
+                value = value + cfg.retain_weight * task.per_example_loss(m, retain_batch).mean()
             return value
 
-        self.fit_result_ = self.fit(model, request, request.loader("forget"), loss, optimizer, epochs=cfg.epochs)
+        self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         return model

@@ -34,7 +34,7 @@ class RMU(Method):
     class Config(MethodConfig):
         """RMU settings."""
 
-        epochs: int = option(2, "passes over the forget set", low=1)
+        epochs: int = option(3, "passes over the retain set (forget batches cycle alongside)", low=1)
         lr: float = lr_option(1e-3)
         layer: int = option(-1, "block whose output is steered (negative counts from the last block)")
         update_blocks: int = option(1, "how many blocks up to `layer` are trained", low=1)
@@ -61,18 +61,17 @@ class RMU(Method):
             scale = hidden.norm(dim=-1)[mask.bool()].mean()
         direction = torch.rand(hidden.shape[-1], generator=torch.Generator().manual_seed(request.seed))
         target = (cfg.steering * scale * direction / direction.norm()).to(hidden.device)
-        retain_batches = request.cycle("retain")
+        forget_batches = request.cycle("forget")
         optimizer = make_optimizer(trained, request.train, lr=cfg.lr)
 
         def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             mask = mask.float()
             return (values * mask).sum() / mask.sum().clamp(min=1)
 
-        def loss(m: nn.Module, forget_batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            h_f, mask_f = task.hidden_states(m, forget_batch, layer)
+        def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            h_f, mask_f = task.hidden_states(m, next(forget_batches), layer)
             value = token_mean((h_f - target).square().mean(-1), mask_f)
             if cfg.alpha:
-                retain_batch = next(retain_batches)
                 h_r, mask_r = task.hidden_states(m, retain_batch, layer)
                 with torch.no_grad():
                     h_o, _ = task.hidden_states(original, retain_batch, layer)
@@ -80,7 +79,7 @@ class RMU(Method):
             return value
 
         try:
-            self.fit_result_ = self.fit(model, request, request.loader("forget"), loss, optimizer, epochs=cfg.epochs)
+            self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         finally:
             for p in model.parameters():
                 p.requires_grad_(before[id(p)])

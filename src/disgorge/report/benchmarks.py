@@ -13,27 +13,43 @@ COLUMNS = [("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia_efficacy", "MIA-eff."
            ("avg_gap", "Avg Gap"), ("time_ratio", "time / retrain"), ("forget_score", "F"),
            ("final_score", "F x RA x TA"), ("ulira_auc", "U-LiRA AUC")]
 
+LM_COLUMNS = [("forget_accuracy", "forget acc."), ("retain_accuracy", "retain acc."),
+              ("test_accuracy", "held-out acc."), ("forget_quality", "forget quality"),
+              ("model_utility", "model utility"), ("forget_truth_ratio", "forget TR"), ("verbmem", "VerbMem"),
+              ("mia_mink", "Min-K% AUC"), ("privleak", "privleak"), ("avg_gap", "Avg Gap"),
+              ("time_ratio", "time / retrain")]
+
 
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None:
         return "-"
+    if isinstance(v, float) and 0 < abs(v) < 0.01:
+        return f"{v:.1e}"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _is_lm(result: dict[str, Any]) -> bool:
+    return result.get("task") == "causal_lm"
+
+
 def scenario_table(result: dict[str, Any]) -> list[str]:
-    """Markdown rows of one scenario, the original and the reference first, then methods by Avg Gap."""
+    """Markdown rows of one scenario, the original and the reference first, then methods by Avg Gap (classifiers)
+    or by forget quality (language models; read it beside retain accuracy)."""
     rows = result["rows"]
+    columns = LM_COLUMNS if _is_lm(result) else COLUMNS
     fixed = [r for r in rows if r["method"] in ("original", "reference")]
+    order = (lambda r: -(r.get("forget_quality") or 0)) if _is_lm(result) else (lambda r: r["avg_gap"])
     ranked = sorted((r for r in rows if r["method"] not in ("original", "reference") and "refused" not in r),
-                    key=lambda r: r["avg_gap"])
-    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+                    key=order)
+    lines = ["| method | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for r in fixed + ranked:
-        digits = {"time_ratio": 3, "forget_score": 3, "final_score": 3}
-        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(k), digits.get(k, 2)) for k, _ in COLUMNS) + " |")
+        digits = {"time_ratio": 3, "forget_score": 3, "final_score": 3, "forget_quality": 3, "model_utility": 3,
+                  "forget_truth_ratio": 3}
+        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(k), digits.get(k, 2)) for k, _ in columns) + " |")
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['method']} | refused: {r['refused']} |" + " |" * (len(COLUMNS) - 1))
+            lines.append(f"| {r['method']} | refused: {r['refused']} |" + " |" * (len(columns) - 1))
     return lines
 
 
@@ -42,6 +58,8 @@ def targets(result: dict[str, Any]) -> list[str]:
     rows = {r["method"]: r for r in result["rows"] if "refused" not in r}
     ref, orig = rows["reference"], rows["original"]
     methods = [r for name, r in rows.items() if name not in ("original", "reference", "retrain")]
+    if _is_lm(result):
+        return lm_targets(result, rows, methods)
     if result["scenario"] == "digits-backdoor":
         text = ("attack success within 2 points of retraining, test accuracy within 1 point, Avg Gap <= 2.0, "
                 "time <= 10% of retraining")
@@ -71,6 +89,37 @@ def targets(result: dict[str, Any]) -> list[str]:
     if closest is not None:
         line += f"; within the time budget: {closest['method']} at {closest['avg_gap']:.2f}"
     return [line + "."]
+
+
+def lm_targets(result: dict[str, Any], rows: dict[str, dict[str, Any]], methods: list[dict[str, Any]]) -> list[str]:
+    """Language-model targets: forget quality with retain accuracy held (people), verbatim memorisation at the
+    retrained level with the rest held (book)."""
+    ref, orig = rows["reference"], rows["original"]
+    keep = 0.95 * orig["retain_accuracy"]
+    if result["scenario"].startswith("people"):
+        text = (f"forget quality >= 0.5 with retain answer accuracy >= 95% of the original's ({keep:.1f}), time <= 10%"
+                " of retraining")
+
+        def ok(r: dict[str, Any]) -> bool:
+            return ((r.get("forget_quality") or 0) >= 0.5 and r["retain_accuracy"] >= keep
+                    and r["time_ratio"] <= 0.10)
+    else:
+        text = (f"VerbMem within 5 points of the retrained model's ({ref['verbmem']:.1f}) with retain accuracy >= 95% "
+                f"of the original's ({keep:.1f}), time <= 10% of retraining")
+
+        def ok(r: dict[str, Any]) -> bool:
+            return (abs(r["verbmem"] - ref["verbmem"]) <= 5 and r["retain_accuracy"] >= keep
+                    and r["time_ratio"] <= 0.10)
+    met = [r["method"] for r in methods if ok(r)]
+    if met:
+        return [f"Target ({text}): **met** by {', '.join(met)}."]
+    held = [r for r in methods if r["retain_accuracy"] >= keep]
+    if not held:
+        return [f"Target ({text}): **missed**: no method kept retain accuracy."]
+    best = max(held, key=lambda r: r.get("forget_quality") or 0)
+    return [f"Target ({text}): **missed**. Best forget quality with retain accuracy held: {best['method']} at "
+            f"{_fmt(best.get('forget_quality'), 3)} (retain {best['retain_accuracy']:.1f}, VerbMem "
+            f"{best['verbmem']:.1f} vs {ref['verbmem']:.1f}, {best['time_ratio']:.3f} of retraining)."]
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -130,6 +179,16 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
         "is biased low even for retraining itself: the `retrain` row (other seeds than the references) is the "
         "ceiling at this K. The strong test is not run for a method whose Avg Gap is no better than the original's "
         "(F shows '-'): the population figures already tell it apart from retraining.",
+        "",
+        "Language-model scenarios (`people`, `book`) use TOFU's and MUSE's figures instead: answer accuracy (percent "
+        "of questions whose greedy answer contains the fact; for a book, of verses whose second half is reproduced "
+        "word for word) on forget, retain and held-out data; forget quality = KS-test p-value of the forget set's "
+        "truth ratios against the retrained model's (averaged over seeds; >= 0.05 is indistinguishable), always to "
+        "be read beside retain accuracy; model utility = harmonic mean of retain answer probability, ROUGE-L recall "
+        "and truth-ratio score; forget TR = mean min(R, 1/R); VerbMem = ROUGE-L F1 (percent) of greedy "
+        "continuations of forget items; Min-K% AUC = Min-40% Prob attack, forget vs held-out (50 = unseen); "
+        "privleak = MUSE's relative AUC gap to the retrained model (0 ideal, negative = still recognisable, "
+        "positive = over-unlearned). Avg Gap there averages forget, retain and held-out accuracy and the Min-K% AUC.",
         "",
         f"![Avg Gap against time ratio]({Path(os.path.relpath(png, Path(report).parent)).as_posix()})",
         "",

@@ -32,6 +32,8 @@ class Scenario(ABC):
     description: ClassVar[str]
     effect_name: ClassVar[str | None] = None
     effect_help: ClassVar[str] = ""
+    bench_methods: ClassVar[tuple[str, ...] | None] = None  # the methods `disgorge bench` runs here (None: all)
+    strong_test: ClassVar[bool] = True  # whether the bench runs the per-example test (K retrainings) here
 
     @abstractmethod
     def sources(self) -> list[SourceData]:

@@ -24,8 +24,19 @@ def person_source(index: int) -> str:
     return f"person-{index:03d}"
 
 
-class _People(Scenario):
-    """Fictitious people, one source each, ``N_FACTS`` question/answer facts per person; held-out people are the
+LM_METHODS = ("retrain", "finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "idk")
+
+
+class _LanguageScenario(Scenario):
+    """Language-model scenarios run the language-model methods in the bench; the per-example test (K retrainings
+    of a model that takes minutes) is left out there."""
+
+    bench_methods: ClassVar[tuple[str, ...] | None] = LM_METHODS
+    strong_test: ClassVar[bool] = False
+
+
+class _People(_LanguageScenario):
+    """Fictitious people, one source each, ``n_facts`` question/answer facts per person; held-out people are the
     test split (never trained: the non-members of the membership attacks)."""
 
     n_people: ClassVar[int] = 200
@@ -129,7 +140,7 @@ def _kjv() -> tuple[dict[str, Any], ...]:
 
 
 @SCENARIOS.register("book")
-class Book(Scenario):
+class Book(_LanguageScenario):
     """Ten short books of the King James Bible, one source each; every tenth verse of the books that stay is held
     out. The request forgets the Book of Jonah, as MUSE forgets a novel: its verbatim memorisation (ROUGE-L of
     continuations of its verses' first halves) must fall to the retrained model's level while the rest holds."""
