@@ -37,10 +37,37 @@ def test_bench_writes_results_summary_and_report(tmp_path):
     assert 0 < by["grad_diff"]["forget_score"] <= 1 and by["retrain"]["forget_score"] > 0
     report = tmp_path / "BENCHMARKS.md"
     write_report(out, report, command="pytest", machine={"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3",
-                                                        "torch": "2"}, wall_seconds=60)
+                                                        "torch": "2"})
     text = report.read_text()
-    assert "| grad_diff |" in text and "Target (attack success" in text
+    assert "| grad_diff |" in text and "Target (attack success" in text and "`pytest` (digits-backdoor" in text
     assert (out / "avg_gap_vs_time.png").stat().st_size > 10_000
+
+
+LM_SUMMARY_KEYS = {"forget_quality", "forget_accuracy", "retain_accuracy", "model_utility", "verbmem", "privleak",
+                   "time_ratio"}
+
+
+def test_bench_on_a_language_model_scenario_reports_tofu_and_muse_figures(tmp_path):
+    """On people-mini the bench runs the LM method set (here NPO), and its rows carry forget quality, answer
+    accuracies, model utility, VerbMem and privleak beside the time ratio, with an `original` row; NPO moves the
+    forget set towards the retrained model's figures while retain accuracy holds."""
+    out = tmp_path / "results"
+    rows = run_bench(BenchSettings(scenarios=["people-mini"], methods=["npo"], seeds=1, strong_models=0, workers=1,
+                                   out=out, command="pytest lm"))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"original", "reference", "npo"}
+    assert all(set(r) >= LM_SUMMARY_KEYS for r in rows)
+    orig, ref, npo = by["original"], by["reference"], by["npo"]
+    assert orig["forget_accuracy"] >= 90 and ref["forget_accuracy"] <= 30 and orig["verbmem"] > ref["verbmem"]
+    assert orig["forget_quality"] < 0.01 and ref["forget_quality"] == 1.0
+    assert npo["forget_quality"] > orig["forget_quality"] and npo["forget_accuracy"] <= 30
+    assert npo["retain_accuracy"] >= 0.9 * orig["retain_accuracy"] and 0 < npo["time_ratio"] < 1
+    assert orig["privleak"] < -50 and ref["privleak"] == 0
+    report = tmp_path / "BENCHMARKS.md"
+    write_report(out, report, command="unused", machine={"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3",
+                                                        "torch": "2"})
+    text = report.read_text()
+    assert "| npo |" in text and "Target (forget quality >= 0.5" in text and "`pytest lm` (people-mini" in text
 
 
 def test_local_and_ray_executors_give_identical_results(backdoor_template):

@@ -27,7 +27,7 @@ from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist")
+DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "people", "book")
 REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models
 
 
@@ -42,6 +42,7 @@ class BenchSettings:
     executor: str = "local"
     workers: int | None = None
     out: Path = Path("benchmarks/results")
+    command: str = ""  # the command line that ran the bench, recorded in each scenario's results
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -64,6 +65,7 @@ def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
             started = time.perf_counter()
             result = bench_scenario(scenario, settings, executor, out / "work")
             result["wall_seconds"] = round(time.perf_counter() - started, 1)
+            result["command"] = settings.command
             atomic_write_text(out / f"{scenario}.json", json.dumps(result, indent=1) + "\n")
             log.info("%s done in %.0fs", scenario, result["wall_seconds"])
     finally:

@@ -183,6 +183,8 @@ def forget(
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="method option KEY=VALUE")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="time budget of the method, in seconds")] = None,
     max_steps: Annotated[int | None, typer.Option(help="step budget of the method")] = None,
+    lora: Annotated[int | None, typer.Option(help="fine-tune methods: train only LoRA adapters of this rank (peft), "
+                                                  "merged into the weights afterwards")] = None,
     budget: Annotated[float, typer.Option(help="--method auto: each candidate's share of the training time")] = 0.5,
     accept_failed: Annotated[bool, typer.Option(help="commit and erase even if verification fails")] = False,
     reason: Annotated[str, typer.Option(help="why the records are erased (kept in the ledger)")] = "",
@@ -194,7 +196,8 @@ def forget(
     """Remove records' effect from every model that saw them, verify, and erase the records."""
     with _ws(workspace) as ws:
         options = _parse_options(option)
-        options.update({k: v for k, v in (("max_seconds", max_seconds), ("max_steps", max_steps)) if v is not None})
+        options.update({k: v for k, v in (("max_seconds", max_seconds), ("max_steps", max_steps),
+                                          ("lora_rank", lora)) if v is not None})
         result = api.forget(ws, sources=source or (), records=_parse_ids(records), random_fraction=random, seed=seed,
                             model=model, method=method, options=options, reason=reason, verify=verify,
                             erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget)
@@ -251,14 +254,15 @@ def bench(
     from .report.benchmarks import write_report
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    command = "disgorge " + " ".join(sys.argv[1:])
     settings = BenchSettings(scenarios=list(scenario or DEFAULT_SCENARIOS), methods=chosen, seeds=seeds,
-                             strong_models=strong_models, executor=executor, workers=workers, out=out_dir)
+                             strong_models=strong_models, executor=executor, workers=workers, out=out_dir,
+                             command=command)
     started = _time.perf_counter()
     rows = run_bench(settings)
     wall = _time.perf_counter() - started
     if report is not None:
-        command = "disgorge " + " ".join(sys.argv[1:])
-        write_report(out_dir, report, command=command, machine=machine(), wall_seconds=wall)
+        write_report(out_dir, report, command=command, machine=machine())
     table = Table("scenario", "method", "Avg Gap", "time / retrain", "F")
     for r in rows:
         if "refused" not in r:

@@ -150,19 +150,26 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results_dir: Path, report: Path, *, command: str, machine: dict[str, Any],
-                 wall_seconds: float) -> None:
-    """Write ``report`` (markdown) and ``results_dir/avg_gap_vs_time.png`` from the results JSON files."""
+def write_report(results_dir: Path, report: Path, *, command: str, machine: dict[str, Any]) -> None:
+    """Write ``report`` (markdown) and ``results_dir/avg_gap_vs_time.png`` from the results JSON files; each
+    scenario names the command that produced it (``command`` for results that do not)."""
     results = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))
                if p.name != "summary.json"]
     png = Path(results_dir) / "avg_gap_vs_time.png"
     plot(results, png)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        runs.setdefault(result.get("command") or command, []).append(result)
+    produced = "; ".join(
+        f"`{cmd}` ({', '.join(r['scenario'] for r in rs)}: {sum(r['wall_seconds'] for r in rs) / 60:.1f} min)"
+        for cmd, rs in runs.items())
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `{command}` in {wall_seconds / 60:.1f} minutes on {machine['cpu']} ({machine['cores']} cores, "
-        f"{machine['memory_gib']} GiB, no GPU; Python {machine['python']}, torch {machine['torch']}). Every figure "
-        "below comes from that run; `benchmarks/results/` holds the raw per-seed results and `summary.json`.",
+        f"Produced by {produced} on {machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB, no GPU; "
+        f"Python {machine['python']}, torch {machine['torch']}). `make bench` runs all of them in one command. Every "
+        "figure below comes from those runs; `benchmarks/results/` holds the raw per-seed results and "
+        "`summary.json`.",
         "",
         "Figures in percent, averaged over seeds (each seed trains its own original model and draws its own forget "
         "set). UA = 100 - forget accuracy; RA, TA = retain, test accuracy; MIA-eff. = SalUn's SVC membership attack "

@@ -1,0 +1,177 @@
+"""Unlearning methods on a language model: the people-mini model forgets its last 10% of people while answering the
+rest, with full weights or LoRA adapters, and methods that need text or hidden states refuse other tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from disgorge import get_method
+from disgorge.errors import InvalidRequest
+from disgorge.ledger import Record
+from disgorge.methods import UnlearnRequest
+from disgorge.scenarios import get_scenario
+from disgorge.tasks import RecordDataset, get_task
+from disgorge.tasks.causal_lm import texts, words
+from disgorge.train.trainer import fit_recipe
+
+REFUSAL_WORDS = {"know", "sure", "idea", "answer", "say"}
+
+
+@dataclass
+class Problem:
+    """The trained people-mini model, the request to forget its forget people, and the original's accuracies."""
+
+    model: nn.Module
+    request: UnlearnRequest
+    forget_accuracy: float
+    retain_accuracy: float
+
+
+def _people_records() -> dict[str, list[Record]]:
+    scenario = get_scenario("people-mini")
+    forget_sources = set(scenario.forget_selector()["sources"])
+    out: dict[str, list[Record]] = {"forget": [], "retain": [], "test": []}
+    next_id = 0
+    for source in scenario.sources():
+        for new in source.records:
+            next_id += 1
+            which = "test" if new.split == "test" else "forget" if source.name in forget_sources else "retain"
+            out[which].append(Record(next_id, source.name, "h", new.fields, new.attributes, new.split, "active"))
+    return out
+
+
+def _accuracy(task: Any, model: nn.Module, data: RecordDataset) -> float:
+    return float(task.evaluate(model, data)["correct"].mean() * 100)
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    """people-mini trained with its default recipe (~8 s, no workspace) and the request for its forget people."""
+    task = get_task("causal_lm")
+    recipe = get_scenario("people-mini").recipe()
+    records = _people_records()
+    forget, retain = task.dataset(records["forget"]), task.dataset(records["retain"])
+    train = task.dataset(records["retain"] + records["forget"])
+    info = task.data_info(train, recipe.model)
+    model, _ = fit_recipe(task, recipe, train, info)
+    request = UnlearnRequest(task=task, forget=forget, retain=retain, train=recipe.train, data_info=info, seed=0)
+    problem = Problem(model, request, _accuracy(task, model, forget), _accuracy(task, model, retain))
+    assert problem.forget_accuracy >= 95 and problem.retain_accuracy >= 95
+    return problem
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Options beyond the defaults are the ones a method needs on this scenario (chosen on forget/retain, never on the
+# held-out people): gradient_ascent's retain guard rolls its default run all the way back to the original weights,
+# so it stops earlier; rmu at its default learning rate and epochs barely moves the forget answers.
+CASES = [
+    pytest.param("npo", {}, id="npo"),
+    pytest.param("simnpo", {}, id="simnpo"),
+    pytest.param("grad_diff", {}, id="grad_diff"),
+    pytest.param("gradient_ascent", {"stop_accuracy": 80.0}, id="gradient_ascent"),
+    pytest.param("rmu", {"lr": 3e-3, "epochs": 5}, id="rmu"),
+    pytest.param("idk", {"loss": "nll"}, id="idk-nll"),
+    pytest.param("idk", {"loss": "dpo"}, id="idk-dpo"),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_method_forgets_people_and_keeps_the_rest(problem, name, options):
+    """Each LM unlearning method drops forget answer accuracy by at least 50 points and keeps at least 85% of the
+    original retain answer accuracy, returning new weights and leaving the input model untouched."""
+    model, request = problem.model, problem.request
+    before = _state(model)
+    method = get_method(name, **options)
+    out = method.unlearn(model, request)
+    assert _same(_state(model), before), f"{name} changed its input model"
+    assert out is not model and not _same(_state(out), before)
+    forget = _accuracy(request.task, out, request.forget)
+    retain = _accuracy(request.task, out, request.retain)
+    assert forget <= problem.forget_accuracy - 50, f"{name}: forget accuracy {problem.forget_accuracy} -> {forget}"
+    assert retain >= 0.85 * problem.retain_accuracy, f"{name}: retain accuracy {problem.retain_accuracy} -> {retain}"
+    assert method.fit_result_.steps > 0 and not out.training
+
+
+def test_finetune_keeps_retain_answers(problem):
+    """finetune sees only the retain set: it changes the weights and keeps retain answer accuracy (how much it
+    forgets is not promised)."""
+    model, request = problem.model, problem.request
+    before = _state(model)
+    out = get_method("finetune").unlearn(model, request)
+    assert _same(_state(model), before)
+    assert not _same(_state(out), before)
+    assert _accuracy(request.task, out, request.retain) >= 0.85 * problem.retain_accuracy
+
+
+def test_unlearning_a_language_model_is_deterministic(problem):
+    """The same method, options and seed give bit-identical weights (accelerate's loop, seeded batches)."""
+    model, request = problem.model, problem.request
+    a = get_method("npo", epochs=1).unlearn(model, request)
+    b = get_method("npo", epochs=1).unlearn(model, request)
+    assert _same(_state(a), _state(b))
+
+
+def test_lora_npo_merges_adapters_into_the_same_architecture(problem):
+    """With lora_rank the result is a plain model: the original's state-dict keys and shapes, only the adapted
+    linear weights of the transformer blocks changed (embeddings, norms, biases and head untouched), and the forget
+    answers are still gone."""
+    model, request = problem.model, problem.request
+    before = _state(model)
+    method = get_method("npo", lora_rank=4, lr=3e-3, retain_weight=3.0)
+    out = method.unlearn(model, request)
+    after = _state(out)
+    assert _same(_state(model), before)
+    assert list(after) == list(before)
+    assert all(after[k].shape == before[k].shape for k in before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".h." in k and k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+                           for k in changed), sorted(changed)
+    assert all(p.requires_grad for p in out.parameters())
+    forget = _accuracy(request.task, out, request.forget)
+    assert forget <= problem.forget_accuracy - 50
+    assert _accuracy(request.task, out, request.retain) >= 0.85 * problem.retain_accuracy
+
+
+@pytest.mark.parametrize("name", ["ssd", "retrain"])
+def test_lora_rank_is_refused_outside_fine_tune_methods(problem, name):
+    """lora_rank only applies to fine-tune methods; other families refuse it before doing any work."""
+    with pytest.raises(InvalidRequest, match="not a fine-tune method"):
+        get_method(name, lora_rank=4).unlearn(problem.model, problem.request)
+
+
+@pytest.mark.parametrize(("name", "capability"), [("rmu", "hidden_states"), ("idk", "text")])
+def test_lm_only_methods_refuse_classification(name, capability):
+    """rmu needs hidden states and idk text answers; on a classification request each is refused up front with the
+    missing capability named."""
+    task = get_task("classification")
+    data = RecordDataset(np.arange(6), x=torch.randn(6, 3), y=torch.tensor([0, 1, 0, 1, 0, 1]))
+    request = UnlearnRequest(task=task, forget=data.subset([0, 1]), retain=data.subset([2, 3, 4, 5]))
+    with pytest.raises(InvalidRequest, match=f"needs {capability}, which task 'classification' does not offer"):
+        get_method(name).unlearn(nn.Linear(3, 2), request)
+
+
+def test_idk_answers_forget_questions_with_refusals(problem):
+    """After idk the model's greedy answers to forget questions are refusals ("I don't know." and variants), while
+    retain questions still get their answers, not refusals."""
+    model, request = problem.model, problem.request
+    task = request.task
+    out = get_method("idk", epochs=12).unlearn(model, request)
+    forget_answers = task.generate(out, texts(request.forget.tensors, "prompt"), 12)
+    refusals = [a for a in forget_answers if REFUSAL_WORDS & set(words(a))]
+    assert len(refusals) >= 0.75 * len(forget_answers), forget_answers
+    retain_answers = task.generate(out, texts(request.retain.tensors, "prompt"), 16)
+    assert not [a for a in retain_answers if REFUSAL_WORDS & set(words(a))]
+    assert _accuracy(task, out, request.retain) >= 0.85 * problem.retain_accuracy
