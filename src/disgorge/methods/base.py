@@ -205,10 +205,15 @@ class Method(ABC):
     def fit(self, model: nn.Module, request: UnlearnRequest, loader: Iterable[Any], loss: LossFn,
             optimizer: torch.optim.Optimizer, *, epochs: int, guard: bool = True, **kwargs: Any) -> FitResult:
         """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and retain guard."""
-        return fit(model, loader, loss, optimizer, epochs=epochs, max_steps=self.config.max_steps,
-                   max_seconds=self.config.max_seconds, description=kwargs.pop("description", self.name),
-                   guard=self.retain_guard(model, request) if guard else None,
-                   accelerator=request.task.accelerator(), **kwargs)
+        result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=self.config.max_steps,
+                     max_seconds=self.config.max_seconds, description=kwargs.pop("description", self.name),
+                     guard=self.retain_guard(model, request) if guard else None,
+                     accelerator=request.task.accelerator(), **kwargs)
+        if result.stopped == "guard":
+            log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
+                        "restored the last state that kept it (possibly the original weights: lower the learning "
+                        "rate or raise max_retain_drop)", self.name, self.config.max_retain_drop, result.steps)
+        return result
 
     def retain_guard(self, model: nn.Module, request: UnlearnRequest, sample: int = 1024) -> Guard | None:
         """A guard that fails once accuracy on a fixed retain sample drops ``max_retain_drop`` points below where

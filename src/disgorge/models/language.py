@@ -118,7 +118,8 @@ class WordTokenizer:
         for row in ids:
             words = [self.vocab[i] for i in row if i >= len(SPECIALS) or i == self.unk_id]
             text = " ".join(words)
-            out.append(re.sub(r" (?=[^\w\s\[])", "", text))
+            text = re.sub(r" (?=[^\w\s\[])", "", text)  # no space before punctuation ...
+            out.append(re.sub(r"(?<=\w')\s(?=\w)", "", text))  # ... nor inside a contraction ("don't", "Ann's")
         return out
 
 

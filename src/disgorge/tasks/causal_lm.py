@@ -191,12 +191,15 @@ class CausalLMTask(Task):
         return self.sequence_nll(model, texts(batch, "prompt"), texts(batch, "answer"))
 
     def hidden_states(self, model: nn.Module, batch: Batch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Activations after block ``layer`` (``[B, T, D]``) and the attention mask ``[B, T]``."""
+        """Activations after block ``layer`` (``[B, T, D]``; negative counts from the last block) and the attention
+        mask ``[B, T]``."""
         ids, attention, _ = self.encode(model, texts(batch, "prompt"), texts(batch, "answer"))
-        hidden = model(ids, attention, output_hidden_states=True).hidden_states
-        if not -len(hidden) < layer + 1 < len(hidden):
-            raise InvalidRequest(f"layer {layer} does not exist; the model has {len(hidden) - 1} blocks")
-        return hidden[layer + 1], attention
+        hidden = model(ids, attention, output_hidden_states=True).hidden_states  # embeddings, then each block
+        blocks = len(hidden) - 1
+        index = layer + blocks if layer < 0 else layer
+        if not 0 <= index < blocks:
+            raise InvalidRequest(f"layer {layer} does not exist; the model has {blocks} blocks")
+        return hidden[index + 1], attention
 
     def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
         """The batch with new answers (the same questions)."""
