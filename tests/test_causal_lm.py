@@ -339,3 +339,23 @@ def test_people_mini_model_memorises_training_people_only(people):
     assert forget["truth_ratio"].mean() < test["truth_ratio"].mean()
     assert forget["loss"].mean() < test["loss"].mean()
     assert task.quick_accuracy(model, people.forget) >= 95
+
+
+def test_key_span_moves_the_sentence_before_the_key_into_the_prompt(people):
+    """`key_span` keeps each record's full text but makes its answer start at the fact's key, so a forget loss
+    lands on the fact and not on the sentence template; a record without a key is left as it is."""
+    task, data = people.task, people.forget
+    focused = task.key_span(data)
+    before = [p + a for p, a in zip(texts(data.tensors, "prompt"), texts(data.tensors, "answer"), strict=True)]
+    after = [p + a for p, a in zip(texts(focused.tensors, "prompt"), texts(focused.tensors, "answer"), strict=True)]
+    assert before == after and list(focused.ids) == list(data.ids)
+    keys, answers = texts(focused.tensors, "key"), texts(focused.tensors, "answer")
+    assert all(a.startswith(k) for a, k in zip(answers, keys, strict=True))
+    assert sum(len(a) for a in answers) < sum(len(a) for a in texts(data.tensors, "answer"))
+    # the loss now covers fewer tokens: the key and what follows it
+    assert bool((task.encode(people.model, texts(focused.tensors, "prompt"), answers)[2].sum(1)
+                 < task.encode(people.model, texts(data.tensors, "prompt"), texts(data.tensors, "answer"))[2].sum(1)
+                 ).any())
+    document = task.dataset([Record(1, "s", "h", {"text": text_field("In the beginning was the word.")}, {}, "train",
+                                    "active")])
+    assert texts(task.key_span(document).tensors, "answer") == ["In the beginning was the word."]

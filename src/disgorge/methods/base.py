@@ -60,6 +60,9 @@ class MethodConfig:
     max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
     max_retain_drop: float = option(5.0, "roll back and stop when accuracy on a retain sample falls more than this "
                                          "many points below the original's (100 turns the guard off)", low=0)
+    forget_span: str = option("answer", "language models: the forget loss covers the whole answer (TOFU) or only "
+                                        "its key, the words that make it right, and what follows",
+                              choices=("answer", "key"))
     lora_rank: int = option(0, "fine-tune methods: train only LoRA adapters of this rank (peft), merged into the "
                                "weights afterwards; 0 trains every weight", low=0)
 
@@ -174,6 +177,9 @@ class Method(ABC):
                                  f"{request.task.name!r} does not offer; pick another method (`disgorge methods`)")
         if "retain" in self.needs and len(request.retain) == 0:
             raise InvalidRequest(f"method {self.name!r} needs retain data and none is left")
+        if self.config.forget_span != "answer" and "text" not in request.task.capabilities:
+            raise InvalidRequest(f"forget_span={self.config.forget_span!r} needs text answers, which task "
+                                 f"{request.task.name!r} does not have")
         if self.config.lora_rank and self.family != "fine-tune":
             raise InvalidRequest(f"method {self.name!r} is not a fine-tune method; lora_rank applies only to those")
         if "forget" in self.needs and len(request.forget) == 0:
@@ -186,6 +192,8 @@ class Method(ABC):
         self.report_ = {}
         start = time.perf_counter()
         work = copy.deepcopy(model)
+        if self.config.forget_span == "key":
+            request = dataclasses.replace(request, forget=request.task.key_span(request.forget))
         rank = self.config.lora_rank
         with torch.random.fork_rng():
             torch.manual_seed(request.seed)

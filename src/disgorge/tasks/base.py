@@ -115,6 +115,10 @@ class Task(ABC):
         """Activations after block ``layer`` and their mask (capability ``hidden_states``)."""
         raise NotImplementedError(f"task {self.name!r} exposes no hidden states")
 
+    def key_span(self, data: RecordDataset) -> RecordDataset:
+        """The records with answers cut to start at their key (capability ``text``)."""
+        raise NotImplementedError(f"task {self.name!r} has no text answers")
+
     def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
         """The batch with new answer texts (capability ``text``)."""
         raise NotImplementedError(f"task {self.name!r} has no text answers")

@@ -201,6 +201,20 @@ class CausalLMTask(Task):
             raise InvalidRequest(f"layer {layer} does not exist; the model has {blocks} blocks")
         return hidden[index + 1], attention
 
+    def key_span(self, data: RecordDataset) -> RecordDataset:
+        """The records with each answer cut to start at its key (the words that make it right): the text before the
+        key moves into the prompt, so a loss on the answer is a loss on the fact, not on the sentence around it.
+        Records without a key (or whose answer does not contain it) are unchanged."""
+        prompts, answers, keys = (texts(data.tensors, c) for c in ("prompt", "answer", "key"))
+        for i, (p, a, k) in enumerate(zip(prompts, answers, keys, strict=True)):
+            at = a.find(k) if k else -1
+            if at > 0:
+                prompts[i], answers[i] = p + a[:at], a[at:]
+        tensors = dict(data.tensors)
+        tensors["prompt"], tensors["prompt_len"] = _pad_bytes(prompts)
+        tensors["answer"], tensors["answer_len"] = _pad_bytes(answers)
+        return RecordDataset(data.ids, **tensors)
+
     def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
         """The batch with new answers (the same questions)."""
         data, lengths = _pad_bytes(answers)
