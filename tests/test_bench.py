@@ -52,10 +52,11 @@ def test_bench_on_a_language_model_scenario_reports_tofu_and_muse_figures(tmp_pa
     accuracies, model utility, VerbMem and privleak beside the time ratio, with an `original` row; NPO moves the
     forget set towards the retrained model's figures while retain accuracy holds."""
     out = tmp_path / "results"
-    rows = run_bench(BenchSettings(scenarios=["people-mini"], methods=["npo"], seeds=1, strong_models=0, workers=1,
-                                   out=out, command="pytest lm"))
+    rows = run_bench(BenchSettings(scenarios=["people-mini"], methods=["npo", "grad_diff[forget_span=key]"], seeds=1,
+                                   strong_models=0, workers=1, out=out, command="pytest lm"))
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"original", "reference", "npo"}
+    assert set(by) == {"original", "reference", "npo", "grad_diff[forget_span=key]"}
+    assert by["grad_diff[forget_span=key]"]["forget_quality"] > by["original"]["forget_quality"]
     assert all(set(r) >= LM_SUMMARY_KEYS for r in rows)
     orig, ref, npo = by["original"], by["reference"], by["npo"]
     assert orig["forget_accuracy"] >= 90 and ref["forget_accuracy"] <= 30 and orig["verbmem"] > ref["verbmem"]

@@ -22,6 +22,7 @@ from .evaluate.strong import strong_scores
 from .executors import get_executor
 from .jobs import Job, Problem, prepare, run
 from .methods import METHODS
+from .methods.registry import parse_variant
 from .scenarios import get_scenario
 from .tasks import get_task
 
@@ -51,8 +52,8 @@ class BenchSettings:
             raise InvalidRequest("the strong test needs at least 3 models per side (or 0 to skip it)")
         for name in self.scenarios:
             get_scenario(name)
-        for name in self.methods or []:
-            METHODS.get(name)
+        for label in self.methods or []:
+            parse_variant(label)
 
 
 def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:

@@ -143,18 +143,9 @@ def methods() -> None:
 
 
 def _parse_options(values: list[str] | None) -> dict[str, Any]:
-    from .train.recipe import tomllib
+    from .methods.registry import parse_options
 
-    options: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidRequest(f"--option takes KEY=VALUE, got {item!r}")
-        try:
-            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key.strip()] = raw.strip()
-    return options
+    return parse_options(values or [])
 
 
 def _parse_ids(text: str | None) -> list[int]:

@@ -12,6 +12,7 @@ from pyroaring import BitMap
 from .errors import InvalidRequest
 from .evaluate.verify import measure, measure_reference
 from .methods import UnlearnRequest, get_method
+from .methods.registry import parse_variant
 from .train.recipe import Recipe
 from .train.trainer import fit_recipe
 
@@ -77,7 +78,8 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
     else:
         request = UnlearnRequest(task=task, forget=p["forget"], retain=p["retain"], train=recipe.train,
                                  data_info=info, seed=seed)
-        method = get_method(who, **job.options.get(who, {}))
+        name, variant = parse_variant(who)
+        method = get_method(name, **{**job.options.get(name, {}), **variant})
         model = method.unlearn(p["model"], request)
         seconds = method.seconds_
         extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps}

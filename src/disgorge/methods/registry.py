@@ -23,3 +23,34 @@ def register(cls: type[Method]) -> type[Method]:
 def get_method(name: str, **options: Any) -> Method:
     """An instance of method ``name`` configured with ``options`` (validated)."""
     return METHODS.get(name)(**options)
+
+
+def parse_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to options; values are read as TOML (numbers, booleans) or else kept as text."""
+    from ..errors import InvalidRequest
+    from ..train.recipe import tomllib
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"a method option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw.strip()
+    return options
+
+
+def parse_variant(label: str) -> tuple[str, dict[str, Any]]:
+    """A method with options written in one label, as the bench takes them: ``npo[lr=3e-4;forget_span=key]``."""
+    from ..errors import InvalidRequest
+
+    name, bracket, rest = label.partition("[")
+    if not bracket:
+        return label, {}
+    if not rest.endswith("]"):
+        raise InvalidRequest(f"method variant {label!r} must end with ']' (e.g. npo[lr=3e-4;forget_span=key])")
+    options = parse_options([p for p in rest[:-1].split(";") if p.strip()])
+    METHODS.get(name).Config.from_dict(options)  # refuse unknown or out-of-range options now
+    return name, options

@@ -35,7 +35,7 @@ class RMU(Method):
         """RMU settings."""
 
         epochs: int = option(3, "passes over the retain set (forget batches cycle alongside)", low=1)
-        lr: float = lr_option(1e-3)
+        lr: float = lr_option(3e-3)
         layer: int = option(-1, "block whose output is steered (negative counts from the last block)")
         update_blocks: int = option(1, "how many blocks up to `layer` are trained", low=1)
         steering: float = option(4.0, "c: the target's norm, in units of the layer's mean activation norm on forget "

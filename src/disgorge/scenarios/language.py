@@ -24,7 +24,9 @@ def person_source(index: int) -> str:
     return f"person-{index:03d}"
 
 
-LM_METHODS = ("retrain", "finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "idk")
+LM_METHODS = ("retrain", "finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "rmu")
+# TOFU's standard (loss on the whole answer) and the key-span variants, which put the forget loss on the fact only.
+PEOPLE_METHODS = (*LM_METHODS, "grad_diff[forget_span=key]", "npo[forget_span=key]", "idk", "idk[loss=dpo]")
 
 
 class _LanguageScenario(Scenario):
@@ -39,6 +41,7 @@ class _People(_LanguageScenario):
     """Fictitious people, one source each, ``n_facts`` question/answer facts per person; held-out people are the
     test split (never trained: the non-members of the membership attacks)."""
 
+    bench_methods: ClassVar[tuple[str, ...] | None] = PEOPLE_METHODS
     n_people: ClassVar[int] = 200
     n_facts: ClassVar[int] = 8
     n_heldout: ClassVar[int] = 20
