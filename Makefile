@@ -26,7 +26,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
-# Regenerates BENCHMARKS.md and benchmarks/results/ from scratch (about 25 minutes on 2 cores).
+# Regenerates BENCHMARKS.md and benchmarks/results/ from scratch: the classifier scenarios (about 25 minutes on 2
+# cores) and the language-model scenarios people and book (about an hour).
 bench: $(STAMP)
 	rm -rf benchmarks/results
 	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md

@@ -77,7 +77,26 @@ def test_config_round_trips_toml(name):
     assert type(cfg).from_toml(cfg.to_toml()) == cfg
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+def _for_classifiers(name: str) -> bool:
+    from disgorge.methods.base import DATA_NEEDS
+    from disgorge.tasks import get_task
+
+    return not (METHODS.get(name).needs - DATA_NEEDS - get_task("classification").capabilities)
+
+
+# Language-model-only methods (rmu: hidden states, idk: text answers) run the same checks in test_lm_methods.py.
+CLASSIFIER_METHODS = [n for n in METHODS.names() if _for_classifiers(n)]
+
+
+def test_every_method_is_checked_on_some_task():
+    """A method that classifiers cannot run is one the language-model suite covers."""
+    from test_lm_methods import CASES
+
+    covered = {p.values[0] for p in CASES}
+    assert set(METHODS.names()) - set(CLASSIFIER_METHODS) <= covered
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_METHODS)
 def test_conformance(cases, name):
     """Deterministic, non-mutating, the backdoor drops and retain accuracy holds, at default settings."""
     model, request, test = _case(cases, name)
