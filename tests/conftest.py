@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,42 @@ def backdoor_ws(backdoor_template: tuple[Path, str], tmp_path: Path) -> Iterator
 def trained_id(backdoor_template: tuple[Path, str]) -> str:
     """Id of the model trained in the template workspace."""
     return backdoor_template[1]
+
+
+@dataclass
+class PeopleMini:
+    """The people-mini scenario as datasets (no workspace), with the model its default recipe trains."""
+
+    task: Any
+    recipe: Any
+    forget: Any
+    retain: Any
+    test: Any
+    train: Any
+    info: dict[str, Any]
+    model: Any
+
+
+@pytest.fixture(scope="session")
+def people_mini() -> PeopleMini:
+    """people-mini trained once per session with its default recipe (~8 s): it memorises every training person."""
+    from disgorge.ledger import Record
+    from disgorge.scenarios import get_scenario
+    from disgorge.tasks import get_task
+    from disgorge.train.trainer import fit_recipe
+
+    scenario = get_scenario("people-mini")
+    forget_sources = set(scenario.forget_selector()["sources"])
+    records: dict[str, list[Record]] = {"forget": [], "retain": [], "test": []}
+    next_id = 0
+    for source in scenario.sources():
+        for new in source.records:
+            next_id += 1
+            which = "test" if new.split == "test" else "forget" if source.name in forget_sources else "retain"
+            records[which].append(Record(next_id, source.name, "h", new.fields, new.attributes, new.split, "active"))
+    task, recipe = get_task("causal_lm"), scenario.recipe()
+    train = task.dataset(records["retain"] + records["forget"])
+    info = task.data_info(train, recipe.model)
+    model, _ = fit_recipe(task, recipe, train, info)
+    return PeopleMini(task, recipe, task.dataset(records["forget"]), task.dataset(records["retain"]),
+                      task.dataset(records["test"]), train, info, model)

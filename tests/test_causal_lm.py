@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,52 +19,17 @@ from disgorge.errors import DisgorgeError
 from disgorge.ledger import Record
 from disgorge.models.families import ModelConfigError
 from disgorge.models.language import REFUSALS, SPECIALS, ByteTokenizer, WordTokenizer
-from disgorge.scenarios import get_scenario
-from disgorge.tasks import RecordDataset, get_task
+from disgorge.tasks import get_task
 from disgorge.tasks.causal_lm import text_field, texts, words
 from disgorge.train.loop import fit, make_optimizer, mean_loss
 from disgorge.train.recipe import ModelSpec, Recipe, TrainSpec
 from disgorge.train.trainer import fit_recipe
 
 
-@dataclass
-class People:
-    """The people-mini scenario as datasets, with the model its recipe trains."""
-
-    task: Any
-    recipe: Recipe
-    forget: RecordDataset
-    retain: RecordDataset
-    test: RecordDataset
-    train: RecordDataset
-    info: dict[str, Any]
-    model: Any
-
-
-def _people_records() -> dict[str, list[Record]]:
-    scenario = get_scenario("people-mini")
-    forget_sources = set(scenario.forget_selector()["sources"])
-    out: dict[str, list[Record]] = {"forget": [], "retain": [], "test": []}
-    next_id = 0
-    for source in scenario.sources():
-        for new in source.records:
-            next_id += 1
-            which = "test" if new.split == "test" else "forget" if source.name in forget_sources else "retain"
-            out[which].append(Record(next_id, source.name, "h", new.fields, new.attributes, new.split, "active"))
-    return out
-
-
 @pytest.fixture(scope="module")
-def people() -> People:
-    """people-mini trained with its default recipe (~8 s), no workspace."""
-    task = get_task("causal_lm")
-    recipe = get_scenario("people-mini").recipe()
-    records = _people_records()
-    train = task.dataset(records["retain"] + records["forget"])
-    info = task.data_info(train, recipe.model)
-    model, _ = fit_recipe(task, recipe, train, info)
-    return People(task, recipe, task.dataset(records["forget"]), task.dataset(records["retain"]),
-                  task.dataset(records["test"]), train, info, model)
+def people(people_mini: Any) -> Any:
+    """people-mini trained with its default recipe (the session's shared model, see conftest.py)."""
+    return people_mini
 
 
 def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

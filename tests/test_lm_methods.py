@@ -13,12 +13,9 @@ from torch import nn
 
 from disgorge import get_method
 from disgorge.errors import InvalidRequest
-from disgorge.ledger import Record
 from disgorge.methods import UnlearnRequest
-from disgorge.scenarios import get_scenario
 from disgorge.tasks import RecordDataset, get_task
 from disgorge.tasks.causal_lm import texts, words
-from disgorge.train.trainer import fit_recipe
 
 REFUSAL_WORDS = {"know", "sure", "idea", "answer", "say"}
 
@@ -33,35 +30,17 @@ class Problem:
     retain_accuracy: float
 
 
-def _people_records() -> dict[str, list[Record]]:
-    scenario = get_scenario("people-mini")
-    forget_sources = set(scenario.forget_selector()["sources"])
-    out: dict[str, list[Record]] = {"forget": [], "retain": [], "test": []}
-    next_id = 0
-    for source in scenario.sources():
-        for new in source.records:
-            next_id += 1
-            which = "test" if new.split == "test" else "forget" if source.name in forget_sources else "retain"
-            out[which].append(Record(next_id, source.name, "h", new.fields, new.attributes, new.split, "active"))
-    return out
-
-
 def _accuracy(task: Any, model: nn.Module, data: RecordDataset) -> float:
     return float(task.evaluate(model, data)["correct"].mean() * 100)
 
 
 @pytest.fixture(scope="module")
-def problem() -> Problem:
-    """people-mini trained with its default recipe (~8 s, no workspace) and the request for its forget people."""
-    task = get_task("causal_lm")
-    recipe = get_scenario("people-mini").recipe()
-    records = _people_records()
-    forget, retain = task.dataset(records["forget"]), task.dataset(records["retain"])
-    train = task.dataset(records["retain"] + records["forget"])
-    info = task.data_info(train, recipe.model)
-    model, _ = fit_recipe(task, recipe, train, info)
-    request = UnlearnRequest(task=task, forget=forget, retain=retain, train=recipe.train, data_info=info, seed=0)
-    problem = Problem(model, request, _accuracy(task, model, forget), _accuracy(task, model, retain))
+def problem(people_mini: Any) -> Problem:
+    """The session's people-mini model (see conftest.py) and the request for its forget people."""
+    p = people_mini
+    request = UnlearnRequest(task=p.task, forget=p.forget, retain=p.retain, train=p.recipe.train, data_info=p.info,
+                             seed=0)
+    problem = Problem(p.model, request, _accuracy(p.task, p.model, p.forget), _accuracy(p.task, p.model, p.retain))
     assert problem.forget_accuracy >= 95 and problem.retain_accuracy >= 95
     return problem
 

@@ -19,7 +19,10 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     inner, attr = _inner(model)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
+    # GPT-2 stores its projections transposed (transformers' Conv1D); peft must be told so.
+    transposed = any(type(m).__name__ == "Conv1D" for m in inner.modules())
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                        fan_in_fan_out=transposed)
     try:
         wrapped = get_peft_model(inner, config)
     except ValueError as exc:
