@@ -111,15 +111,27 @@ def lm_targets(result: dict[str, Any], rows: dict[str, dict[str, Any]], methods:
             return (abs(r["verbmem"] - ref["verbmem"]) <= 5 and r["retain_accuracy"] >= keep
                     and r["time_ratio"] <= 0.10)
     met = [r["method"] for r in methods if ok(r)]
+    notes = []
+    if "retrain" in rows and rows["retrain"].get("forget_quality") is not None:
+        seeds = [s["retrain"]["figures"].get("forget_quality") for s in result["per_seed"] if "retrain" in s]
+        notes.append(f"For scale: a model retrained from scratch with other seeds scores forget quality "
+                     f"{_fmt(rows['retrain']['forget_quality'], 3)} on average (per seed: "
+                     f"{', '.join(_fmt(v, 3) for v in seeds)}), the ceiling a method can expect here.")
     if met:
-        return [f"Target ({text}): **met** by {', '.join(met)}."]
+        return [f"Target ({text}): **met** by {', '.join(met)}.", *notes]
     held = [r for r in methods if r["retain_accuracy"] >= keep]
     if not held:
         return [f"Target ({text}): **missed**: no method kept retain accuracy."]
-    best = max(held, key=lambda r: r.get("forget_quality") or 0)
-    return [f"Target ({text}): **missed**. Best forget quality with retain accuracy held: {best['method']} at "
-            f"{_fmt(best.get('forget_quality'), 3)} (retain {best['retain_accuracy']:.1f}, VerbMem "
-            f"{best['verbmem']:.1f} vs {ref['verbmem']:.1f}, {best['time_ratio']:.3f} of retraining)."]
+    if result["scenario"].startswith("people"):
+        best = max(held, key=lambda r: r.get("forget_quality") or 0)
+        per_seed = [s[best["method"]]["figures"].get("forget_quality") for s in result["per_seed"]]
+        what = (f"Best forget quality with retain accuracy held: {best['method']} at "
+                f"{_fmt(best.get('forget_quality'), 3)} (per seed: {', '.join(_fmt(v, 3) for v in per_seed)}; ")
+    else:
+        best = min(held, key=lambda r: abs(r["verbmem"] - ref["verbmem"]))
+        what = f"Closest VerbMem with retain accuracy held: {best['method']} ("
+    return [f"Target ({text}): **missed**. {what}retain {best['retain_accuracy']:.1f}, VerbMem "
+            f"{best['verbmem']:.1f} vs {ref['verbmem']:.1f}, {best['time_ratio']:.3f} of retraining).", *notes]
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
