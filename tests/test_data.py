@@ -68,3 +68,45 @@ def test_ingest_file_records_its_source(tmp_path):
         assert len(ws.test_ids()) == 6
         with pytest.raises(DataFileError, match="supported files"):
             ingest_file(ws, tmp_path / "d.txt", source="lab", license="CC0-1.0")
+
+
+def test_jsonl_texts_become_language_records(tmp_path):
+    """JSON Lines: documents and questions (with TOFU's extra answers, perturbed as a list) become causal_lm
+    records, attributes kept; the task reads them back word for word."""
+    import json
+
+    from disgorge.data.files import load_file
+    from disgorge.ledger import Record
+    from disgorge.tasks import get_task
+    from disgorge.tasks.causal_lm import field_text, texts
+
+    path = tmp_path / "people.jsonl"
+    rows = [{"text": "Call me Ishmaël.", "author": "melville"},
+            {"prompt": "Where was Ana born?", "answer": "Ana was born in Porto.", "key": "Porto",
+             "paraphrase": "Porto is where Ana was born.", "perturbed": ["Lyon is where Ana was born.",
+                                                                        "Kyiv is where Ana was born."],
+             "author": "me"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")
+    records = load_file(path, attributes=["author"], split="train")
+    assert [r.attributes for r in records] == [{"author": "melville"}, {"author": "me"}]
+    assert field_text(records[1].fields["perturbed"]).split("\n") == rows[1]["perturbed"]
+    data = get_task("causal_lm").dataset([Record(i, "s", "h", r.fields, r.attributes, r.split, "active")
+                                          for i, r in enumerate(records)])
+    assert texts(data.tensors, "answer") == ["Call me Ishmaël.", "Ana was born in Porto."]
+    assert texts(data.tensors, "prompt") == ["", "Where was Ana born?"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"text": "ok"}\n{"text": "broken"', "line 2 is not valid JSON"),
+    ('{"prompt": "only a question"}', 'line 1 needs a "text" field'),
+    ('{"text": 3}', "field(s) text must be text"),
+    ("\n\n", "holds no records"),
+])
+def test_bad_jsonl_is_refused_with_the_line(tmp_path, content, message):
+    """A malformed JSON Lines file is refused with one message that names the line and what is wrong."""
+    from disgorge.data.files import load_file
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_file(path)

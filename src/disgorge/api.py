@@ -40,7 +40,7 @@ def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
 
 def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, origin: str = "",
                 label: str = "label", attributes: Sequence[str] = (), split: str = "train") -> IngestResult:
-    """Ingest a CSV or NPZ file as records of ``source`` (created if new) under ``license``."""
+    """Ingest a CSV, NPZ or JSON Lines file as records of ``source`` (created if new) under ``license``."""
     records = load_file(path, label=label, attributes=attributes, split=split)
     if not license:
         raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")

@@ -45,7 +45,7 @@ def init(path: Annotated[Path, typer.Argument(help="folder to create the workspa
 
 @app.command()
 def ingest(
-    file: Annotated[Path | None, typer.Argument(help="a .csv or .npz file")] = None,
+    file: Annotated[Path | None, typer.Argument(help="a .csv, .npz or .jsonl (texts) file")] = None,
     scenario: Annotated[str | None, typer.Option(help="ingest a bundled scenario instead of a file")] = None,
     source: Annotated[str | None, typer.Option(help="source name the records come from")] = None,
     license: Annotated[str | None, typer.Option("--license", help="licence of the source (SPDX id)")] = None,

@@ -1,4 +1,5 @@
-"""Loaders for user files: CSV (one row per record) and NPZ (arrays ``x`` and ``y``)."""
+"""Loaders for user files: CSV (one row per record), NPZ (arrays ``x`` and ``y``) and JSON Lines (texts for
+language models)."""
 
 from __future__ import annotations
 
@@ -94,16 +95,61 @@ def load_npz(path: str | Path, *, split: str = "train") -> list[NewRecord]:
             for i in range(len(x))]
 
 
+TEXT_FIELDS = ("text", "prompt", "answer", "key", "paraphrase", "perturbed")
+
+
+def load_jsonl(path: str | Path, *, attributes: Sequence[str] = (), split: str = "train") -> list[NewRecord]:
+    """One JSON object per line for the ``causal_lm`` task: a document ``{"text": ...}`` or a question
+    ``{"prompt": ..., "answer": ...}`` with optional ``key``, ``paraphrase`` and ``perturbed`` (a list of wrong
+    answers); ``attributes`` names keys kept as group attributes."""
+    import json
+
+    from ..tasks.causal_lm import text_field
+
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataFileError(f"data file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"cannot read {p} as UTF-8 JSON Lines: {exc}") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"{p} line {n} is not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not ("text" in obj or ("prompt" in obj and "answer" in obj)):
+            raise DataFileError(f"{p} line {n} needs a \"text\" field, or \"prompt\" and \"answer\"")
+        if isinstance(obj.get("perturbed"), list):
+            obj["perturbed"] = "\n".join(obj["perturbed"])
+        bad = [k for k in TEXT_FIELDS if k in obj and not isinstance(obj[k], str)]
+        if bad:
+            raise DataFileError(f"{p} line {n}: field(s) {', '.join(bad)} must be text")
+        missing = [a for a in attributes if a not in obj]
+        if missing:
+            raise DataFileError(f"{p} line {n} has no attribute field(s) {', '.join(missing)}")
+        fields = {k: text_field(obj[k]) for k in TEXT_FIELDS if k in obj}
+        records.append(NewRecord(fields, {a: str(obj[a]) for a in attributes}, split))
+    if not records:
+        raise DataFileError(f"{p} holds no records")
+    return records
+
+
 def load_file(path: str | Path, *, label: str = "label", attributes: Sequence[str] = (),
               split: str = "train") -> list[NewRecord]:
-    """Dispatch on the file's extension (``.csv`` or ``.npz``)."""
+    """Dispatch on the file's extension (``.csv``, ``.npz`` or ``.jsonl``)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".csv":
         return load_csv(p, label=label, attributes=attributes, split=split)
     if suffix == ".npz":
         return load_npz(p, split=split)
-    raise DataFileError(f"cannot ingest {p}: supported files are .csv and .npz")
+    if suffix == ".jsonl":
+        return load_jsonl(p, attributes=attributes, split=split)
+    raise DataFileError(f"cannot ingest {p}: supported files are .csv, .npz and .jsonl")
 
 
 def _is_float(s: str) -> bool:
