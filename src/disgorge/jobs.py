@@ -10,6 +10,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .errors import InvalidRequest
+from .evaluate.metrics import accuracy
 from .evaluate.verify import measure, measure_reference
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
@@ -93,14 +94,10 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         out, extra["figures"] = m.forget, m.figures
     else:
         out = task.evaluate(model, p["forget"])
-        extra["ra"] = _accuracy(task, model, p["retain"])
-        extra["ta"] = _accuracy(task, model, p["test"])
+        extra["ra"] = accuracy(task.evaluate(model, p["retain"])["correct"])
+        extra["ta"] = accuracy(task.evaluate(model, p["test"])["correct"])
     return {"seed": seed, "seconds": seconds, "forget_loss": out["loss"].astype(np.float32),
             "forget_confidence": out["confidence"].astype(np.float32), **extra}
-
-
-def _accuracy(task: Any, model: Any, data: Any) -> float:
-    return float(task.evaluate(model, data)["correct"].mean() * 100)
 
 
 def prepare(job: tuple[str, str, int]) -> dict[str, Any]:

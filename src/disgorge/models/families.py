@@ -27,16 +27,20 @@ class Family:
 
     def build(self, params: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         """Validate ``params`` and build the network."""
-        known = {f.name for f in fields(self.config)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ModelConfigError(f"model family {self.name!r} has no parameter(s) {', '.join(unknown)}"
-                                   f" (known: {', '.join(sorted(known)) or 'none'})")
-        try:
-            cfg = self.config(**params)
-        except TypeError as exc:
-            raise ModelConfigError(f"model family {self.name!r}: {exc}") from None
-        return cfg.build(tuple(input_shape), num_classes)
+        return family_config(self.name, self.config, params).build(tuple(input_shape), num_classes)
+
+
+def family_config(name: str, config: type, params: dict[str, Any]) -> Any:
+    """``config(**params)`` for a recipe's ``[model]`` table, unknown or ill-typed parameters refused by name."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ModelConfigError(f"model family {name!r} has no parameter(s) {', '.join(unknown)}"
+                               f" (known: {', '.join(sorted(known)) or 'none'})")
+    try:
+        return config(**params)
+    except TypeError as exc:
+        raise ModelConfigError(f"model family {name!r}: {exc}") from None
 
 
 def _ints(name: str, values: Any) -> tuple[int, ...]:

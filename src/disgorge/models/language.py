@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from .._registry import Registry
 from ..errors import DisgorgeError
-from .families import ModelConfigError
+from .families import ModelConfigError, family_config
 
 LM_FAMILIES: Registry = Registry("language-model family", "known: gpt2, pretrained")
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
@@ -260,10 +260,4 @@ LM_FAMILIES.register("pretrained")(PretrainedFamily)
 
 def lm_family(name: str, params: dict[str, Any]) -> GPT2Family | PretrainedFamily:
     """The validated family config for a recipe's ``[model]`` table."""
-    cls = LM_FAMILIES.get(name)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ModelConfigError(f"model family {name!r} has no parameter(s) {', '.join(unknown)}"
-                               f" (known: {', '.join(sorted(known))})")
-    return cls(**params)
+    return family_config(name, LM_FAMILIES.get(name), params)

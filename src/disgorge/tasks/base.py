@@ -129,7 +129,9 @@ class Task(ABC):
 
     def quick_accuracy(self, model: nn.Module, data: RecordDataset) -> float:
         """A cheap utility score in percent for guards (accuracy here)."""
-        return float(self.evaluate(model, data)["correct"].mean() * 100)
+        from ..evaluate.metrics import accuracy
+
+        return accuracy(self.evaluate(model, data)["correct"])
 
     @abstractmethod
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:

@@ -166,18 +166,19 @@ class CausalLMTask(Task):
 
     def token_logprobs(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str], *,
                        stats: bool = False) -> dict[str, torch.Tensor]:
-        """Log-probability of each answer token (``logp``, ``mask``); with ``stats`` also the mean and standard
-        deviation of the log-probability over the vocabulary at each position (Min-K%++)."""
+        """Log-probability of each answer token (``logp``, ``mask``) and whether it is the model's top prediction
+        (``argmax_ok``); with ``stats`` also the mean and standard deviation of the log-probability over the
+        vocabulary at each position (Min-K%++)."""
         ids, attention, mask = self.encode(model, prompts, answers)
         logits = model(ids, attention).logits[:, :-1].float()
         logprobs = F.log_softmax(logits, dim=-1)
-        out = {"logp": logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1), "mask": mask}
+        out = {"logp": logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1), "mask": mask,
+               "argmax_ok": logits.argmax(-1) == ids[:, 1:]}
         if stats:
             probs = logprobs.exp()
             mu = (probs * logprobs).sum(-1)
             out["mu"] = mu
             out["sigma"] = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
-            out["argmax_ok"] = logits.argmax(-1) == ids[:, 1:]
         return out
 
     def sequence_nll(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
@@ -249,7 +250,7 @@ class CausalLMTask(Task):
         with torch.no_grad():
             for i in range(0, len(data), 128):
                 batch = data.tensors_slice(i, i + 128)
-                out = self.token_logprobs(model, texts(batch, "prompt"), texts(batch, "answer"), stats=True)
+                out = self.token_logprobs(model, texts(batch, "prompt"), texts(batch, "answer"))
                 hits += int((out["argmax_ok"] & out["mask"]).sum())
                 total += int(out["mask"].sum())
         model.train(was_training)
