@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
 
 from disgorge import forget
 from disgorge.api import verify_strong
-from disgorge.bench import BenchSettings, run_bench, strong_test
+from disgorge.bench import BenchSettings, run_bench
 from disgorge.executors import get_executor
-from disgorge.jobs import Problem
-from disgorge.report.benchmarks import write_report
+from disgorge.jobs import Problem, strong_test
+from disgorge.report.benchmarks import plot, write_report
 from disgorge.scenarios import get_scenario
 
 SUMMARY_KEYS = {"scenario", "method", "seeds", "ua", "ra", "ta", "mia_efficacy", "effect", "avg_gap", "time_ratio",
@@ -30,17 +33,37 @@ def test_bench_writes_results_summary_and_report(tmp_path):
     raw = json.loads((out / "digits-backdoor.json").read_text())
     assert len(raw["per_seed"]) == 2 and raw["forgotten"] == 72
     # the exact method reproduces the reference; doing nothing leaves the backdoor
-    assert by["retrain"]["avg_gap"] == 0.0 and 0.5 < by["retrain"]["time_ratio"] < 2
+    assert by["retrain"]["avg_gap"] == 0.0
     assert by["original"]["effect"] > 90 and by["reference"]["effect"] < 5
     assert by["grad_diff"]["avg_gap"] < by["original"]["avg_gap"] / 5
-    assert 0 < by["grad_diff"]["time_ratio"] < 1
+    # time ratios are the per-seed ratios' mean (how fast is the benchmark's business, not a test's)
+    assert by["original"]["time_ratio"] is None and by["reference"]["time_ratio"] == 1.0
+    for method in ("grad_diff", "retrain"):
+        assert by[method]["time_ratio"] == pytest.approx(_mean_time_ratio(raw, method), abs=5e-5)
     assert 0 < by["grad_diff"]["forget_score"] <= 1 and by["retrain"]["forget_score"] > 0
     report = tmp_path / "BENCHMARKS.md"
     write_report(out, report, command="pytest", machine={"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3",
                                                         "torch": "2"})
     text = report.read_text()
     assert "| grad_diff |" in text and "Target (attack success" in text and "`pytest` (digits-backdoor" in text
-    assert (out / "avg_gap_vs_time.png").stat().st_size > 10_000
+    # the plot: one point per method at (time ratio, Avg Gap) (no point for the original, which has no time, nor for
+    # the reference), drawn in one 5.5 x 4.5 in panel at 110 dpi, in the colour cycle's first two colours
+    drawn = plot([raw], tmp_path / "again.png")
+    assert drawn == {"digits-backdoor": {m: (by[m]["time_ratio"], by[m]["avg_gap"]) for m in ("grad_diff", "retrain")}}
+    image = imread(out / "avg_gap_vs_time.png")
+    assert image.shape[:2] == (495, 605)
+    rgb = image[..., :3]
+    assert (rgb.min(-1) < 0.5).mean() > 0.005, "axes, labels and text are drawn"
+    for colour in ("C0", "C1"):
+        assert np.isclose(rgb, to_rgb(colour), atol=0.02).all(-1).sum() >= 10, f"no {colour} point"
+    assert not np.isclose(rgb, to_rgb("C2"), atol=0.02).all(-1).any(), "a third method was drawn"
+
+
+def _mean_time_ratio(raw: dict, method: str) -> float:
+    """The seed-averaged time ratio of ``method`` from the per-seed seconds, which must all be positive."""
+    ratios = [s[method]["seconds"] / s["reference"]["seconds"] for s in raw["per_seed"]]
+    assert ratios and all(r > 0 for r in ratios)
+    return sum(ratios) / len(ratios)
 
 
 LM_SUMMARY_KEYS = {"forget_quality", "forget_accuracy", "retain_accuracy", "model_utility", "verbmem", "privleak",
@@ -62,7 +85,9 @@ def test_bench_on_a_language_model_scenario_reports_tofu_and_muse_figures(tmp_pa
     assert orig["forget_accuracy"] >= 90 and ref["forget_accuracy"] <= 30 and orig["verbmem"] > ref["verbmem"]
     assert orig["forget_quality"] < 0.01 and ref["forget_quality"] == 1.0
     assert npo["forget_quality"] > orig["forget_quality"] and npo["forget_accuracy"] <= 30
-    assert npo["retain_accuracy"] >= 0.9 * orig["retain_accuracy"] and 0 < npo["time_ratio"] < 1
+    assert npo["retain_accuracy"] >= 0.9 * orig["retain_accuracy"]
+    raw = json.loads((out / "people-mini.json").read_text())
+    assert npo["time_ratio"] == pytest.approx(_mean_time_ratio(raw, "npo"), abs=5e-5)
     assert orig["privleak"] < -50 and ref["privleak"] == 0
     report = tmp_path / "BENCHMARKS.md"
     write_report(out, report, command="unused", machine={"cpu": "cpu", "cores": 2, "memory_gib": 1, "python": "3",

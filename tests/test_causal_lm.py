@@ -19,10 +19,10 @@ from disgorge.errors import DisgorgeError
 from disgorge.ledger import Record
 from disgorge.models.families import ModelConfigError
 from disgorge.models.language import REFUSALS, SPECIALS, ByteTokenizer, WordTokenizer
+from disgorge.spec import ModelSpec, Recipe, TrainSpec
 from disgorge.tasks import get_task
 from disgorge.tasks.causal_lm import text_field, texts, words
 from disgorge.train.loop import fit, make_optimizer, mean_loss
-from disgorge.train.recipe import ModelSpec, Recipe, TrainSpec
 from disgorge.train.trainer import fit_recipe
 
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from disgorge import METHODS, Recipe, Workspace, get_method, train
-from disgorge.erasure import select
 from disgorge.evaluate import accuracy
 from disgorge.methods import MethodConfig, UnlearnRequest
 from disgorge.scenarios import get_scenario
@@ -37,7 +36,7 @@ def cases(backdoor_template, tmp_path_factory):
     out = {}
     with Workspace.open(root) as ws:
         linear_id = train(ws, LINEAR).id
-        ids = select(ws, sources=["contributor-07"])
+        ids = ws.select(sources=["contributor-07"])
         for kind, mid in (("mlp", model_id), ("linear", linear_id)):
             model, row, task = ws.load_model(mid)
             recipe = Recipe.from_toml(row.recipe)
@@ -54,7 +53,7 @@ def _case(cases, name):
 
 
 def _asr(model, request, test):
-    return get_scenario("digits-backdoor").effect(model, request.task, test)
+    return get_scenario("digits-backdoor").probes()[0].measure(model, request.task, test)
 
 
 def _same(a, b):

@@ -7,13 +7,12 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 
 from disgorge.evaluate.lm_metrics import (
-    MINK_K,
     answer_probability,
     forget_quality,
     loss_score,
-    mia_auc,
     mink_score,
     minkpp_score,
     model_utility,
@@ -25,9 +24,11 @@ from disgorge.evaluate.lm_metrics import (
     truth_ratio_forget_score,
     truth_ratio_score,
     verbmem,
+    verbmem_scores,
     vocab_logprob_moments,
     zlib_score,
 )
+from disgorge.evaluate.metrics import mia_auc
 
 pytest.importorskip("rouge_score")
 
@@ -68,12 +69,16 @@ def test_rouge_l_many_and_errors():
 
 def test_verbmem_is_mean_f1_in_percent_without_stemming():
     """MUSE VerbMem: F1 (0.4, not recall 1/3) averaged with a perfect copy (1.0) -> 70; MUSE does not stem."""
-    assert verbmem(["the cat was sitting", "exact copy"], ["the cat sat on the mat", "exact copy"]) == pytest.approx(70)
-    assert verbmem(["the cats sat"], ["the cat sits"]) == pytest.approx(100 / 3)
-    assert verbmem(["the cats sat"], ["the cat sits"], use_stemmer=True) == pytest.approx(200 / 3)
-    assert math.isnan(verbmem([], []))
+    scores = verbmem_scores(["the cat was sitting", "exact copy"], ["the cat sat on the mat", "exact copy"])
+    np.testing.assert_allclose(scores, [0.4, 1.0])
+    assert verbmem(scores) == pytest.approx(70)
+    assert verbmem_scores(["the cats sat"], ["the cat sits"])[0] == pytest.approx(1 / 3)
+    assert verbmem_scores(["the cats sat"], ["the cat sits"], use_stemmer=True)[0] == pytest.approx(2 / 3)
+    assert verbmem(np.array([0.5, np.nan])) == pytest.approx(50)  # NaN scores are dropped
+    assert verbmem_scores([], []).shape == (0,)
+    assert math.isnan(verbmem(verbmem_scores([], [])))
     with pytest.raises(ValueError):
-        verbmem(["a"], [])
+        verbmem_scores(["a"], [])
 
 
 # ------------------------------------------------------------------------------------------------ TOFU
@@ -179,7 +184,8 @@ def test_mink_picks_lowest_k_fraction():
     assert loss_score([lp])[0] == pytest.approx(-1.92)
     assert mink_score([lp], k=0.2)[0] == pytest.approx(-5.0)
     assert mink_score([lp], k=1.0)[0] == pytest.approx(-1.92)
-    assert MINK_K == 0.4 and mink_score([lp])[0] == mink_score([lp], k=0.4)[0]
+    # The default k is 40%: of ten tokens -1..-10 it averages the 4 lowest (k=0.3 would take 3, k=0.5 five).
+    assert mink_score([-np.arange(1.0, 11.0)])[0] == pytest.approx(-8.5)
     # int(2 * 0.4) = 0 tokens, floored to one: the single lowest.
     assert mink_score([np.array([-1.0, -2.0])])[0] == pytest.approx(-2.0)
     assert math.isnan(mink_score([np.array([])])[0])
@@ -208,14 +214,23 @@ def test_minkpp_normalises_before_selecting():
 
 
 def test_vocab_logprob_moments_by_hand():
-    """p = (1/2, 1/4, 1/4, 0): E[log p] = -1.5 ln2, Var = 2.5 ln2^2 - 2.25 ln2^2 -> std 0.5 ln2; uniform -> std 0."""
-    with np.errstate(divide="ignore"):
-        rows = np.log(np.array([[0.5, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.25]]))
+    """p = (1/2, 1/4, 1/4, 0): E[log p] = -1.5 ln2, Var = 2.5 ln2^2 - 2.25 ln2^2 -> std 0.5 ln2; uniform -> std 0
+    (the variance kept at 1e-12, so 1e-6). Any leading shape, in the input's dtype."""
+    rows = torch.log(torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64))
     mu, sigma = vocab_logprob_moments(rows)
-    np.testing.assert_allclose(mu, [-1.5 * LN2, -2 * LN2])
-    np.testing.assert_allclose(sigma, [0.5 * LN2, 0.0], atol=1e-7)
+    assert mu.dtype == sigma.dtype == torch.float64 and mu.shape == sigma.shape == (2,)
+    np.testing.assert_allclose(mu.numpy(), [-1.5 * LN2, -2 * LN2])
+    np.testing.assert_allclose(sigma.numpy(), [0.5 * LN2, 1e-6], atol=1e-9)
+    batched = torch.log_softmax(torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0)), dim=-1)
+    mu, sigma = vocab_logprob_moments(batched)
+    assert mu.shape == sigma.shape == (3, 5) and mu.dtype == torch.float32
+    p = batched.double().exp()
+    want_mu = (p * batched.double()).sum(-1)
+    np.testing.assert_allclose(mu.numpy(), want_mu.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(sigma.numpy(), ((p * (batched.double() - want_mu[..., None]) ** 2).sum(-1)).sqrt(),
+                               rtol=1e-4)
     with pytest.raises(ValueError):
-        vocab_logprob_moments(np.zeros(4))
+        vocab_logprob_moments(torch.tensor(0.0))
 
 
 # ------------------------------------------------------------------------------------------- AUC, PrivLeak

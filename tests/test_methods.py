@@ -6,19 +6,18 @@ import pytest
 import torch
 
 from disgorge import METHODS, get_method
-from disgorge.erasure import select
 from disgorge.errors import InvalidRequest, NotFound
 from disgorge.evaluate import accuracy
 from disgorge.methods import ConfigError, UnlearnRequest
 from disgorge.scenarios import get_scenario
-from disgorge.train.recipe import Recipe
+from disgorge.spec import Recipe
 
 
 @pytest.fixture
 def problem(backdoor_ws, trained_id):
     """The trained backdoored model and an UnlearnRequest for the poisoning contributor."""
     model, row, task = backdoor_ws.load_model(trained_id)
-    ids = select(backdoor_ws, sources=["contributor-07"])
+    ids = backdoor_ws.select(sources=["contributor-07"])
     recipe = Recipe.from_toml(row.recipe)
     request = UnlearnRequest(task=task, forget=backdoor_ws.dataset(task, row.records & ids),
                              retain=backdoor_ws.dataset(task, row.records - ids), train=recipe.train,
@@ -28,7 +27,7 @@ def problem(backdoor_ws, trained_id):
 
 
 def _asr(model, request, test):
-    return get_scenario("digits-backdoor").effect(model, request.task, test)
+    return get_scenario("digits-backdoor").probes()[0].measure(model, request.task, test)
 
 
 def test_registry_lists_methods_and_suggests_on_typos():

@@ -44,16 +44,16 @@ def test_trigger_only_touches_the_corner():
 
 def test_backdoored_model_has_high_attack_success_and_reference_low(backdoor_ws, trained_id):
     """The poisoned model obeys the trigger; a model trained without the poisoner does not."""
-    from disgorge.erasure import select
-    from disgorge.evaluate.verify import ensure_reference
+    from disgorge.erasure import ensure_reference
 
     model, row, task = backdoor_ws.load_model(trained_id)
     test = backdoor_ws.dataset(task, backdoor_ws.test_ids())
-    scenario = get_scenario("digits-backdoor")
-    assert scenario.effect(model, task, test) > 90
-    reference, ref_row = ensure_reference(backdoor_ws, row, row.records - select(backdoor_ws,
-                                                                                 sources=["contributor-07"]))
-    assert scenario.effect(reference, task, test) < 5
+    (probe,) = get_scenario("digits-backdoor").probes()
+    assert probe.name == "attack_success_rate"
+    assert probe.measure(model, task, test) > 90
+    reference, ref_row = ensure_reference(backdoor_ws, row, row.records - backdoor_ws.select(
+        sources=["contributor-07"]))
+    assert probe.measure(reference, task, test) < 5
     assert ref_row.kind == "reference"
     ensure_reference(backdoor_ws, row, ref_row.records)
     assert len(backdoor_ws.ledger.models(kinds=("reference",))) == 1, "the reference is cached"

@@ -40,13 +40,19 @@ def test_forgetting_score_bins():
 
 
 def test_indistinguishable_models_score_high_and_separated_low():
-    """Same distributions: F near its small-sample ceiling and U-LiRA near 50; disjoint ones: F tiny, AUC 100."""
+    """Same distributions: F near its small-sample ceiling and U-LiRA near 50; disjoint ones (unlearned loss kept
+    lower or higher): F tiny, AUC 100; epsilons are per example, so only the separated examples are caught."""
     rng = np.random.default_rng(0)
     same = forgetting_score(example_epsilons(rng.normal(1, 0.3, (16, 60)), rng.normal(1, 0.3, (16, 60))))
-    apart = forgetting_score(example_epsilons(rng.normal(0, 0.1, (16, 60)), rng.normal(3, 0.1, (16, 60))))
     kept_lower = forgetting_score(example_epsilons(rng.normal(0, 0.1, (16, 60)), rng.normal(3, 0.1, (16, 60))))
     kept_higher = forgetting_score(example_epsilons(rng.normal(3, 0.1, (16, 60)), rng.normal(0, 0.1, (16, 60))))
-    assert same > 0.3 > 0.01 > max(apart, kept_lower, kept_higher)
+    assert same > 0.3 > 0.01 > max(kept_lower, kept_higher)
+    unlearned, retrained = rng.normal(1, 0.3, (16, 12)), rng.normal(1, 0.3, (16, 12))
+    unlearned[:, :4] -= 3  # the first 4 examples keep a clearly lower loss than retraining gives
+    eps = example_epsilons(unlearned, retrained)
+    assert eps.shape == (12,) and np.isinf(eps[:4]).all() and np.isfinite(eps[4:]).all()
+    with pytest.raises(ValueError, match="same examples"):
+        example_epsilons(unlearned, retrained[:, :11])
     assert abs(ulira_auc(rng.normal(1, 0.3, (8, 60)), rng.normal(1, 0.3, (8, 60))) - 50) < 8
     assert ulira_auc(rng.normal(0, 0.1, (8, 60)), rng.normal(3, 0.1, (8, 60))) > 99
 

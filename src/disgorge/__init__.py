@@ -4,7 +4,7 @@ from .api import ForgetResult, erase, forget, ingest_file, ingest_scenario, trai
 from .errors import DisgorgeError
 from .evaluate.verify import Thresholds
 from .methods import METHODS, Method, MethodConfig, UnlearnRequest, get_method
-from .train.recipe import Recipe
+from .spec import Recipe
 from .workspace import Workspace
 
 __version__ = "0.1.0"

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_file
-from .erasure import ForgetResult, VerificationFailed, forget
+from .erasure import ForgetResult, VerificationFailed, ensure_reference, forget
 from .errors import InvalidRequest
 from .evaluate.verify import Thresholds, certify, write_certificate
+from .executors import get_executor
+from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
-from .scenarios import get_scenario
-from .train.recipe import Recipe
-from .train.trainer import train as _train
+from .scenarios import get_scenario, workspace_probes
+from .spec import Recipe
+from .tasks import check_recipe
+from .train.trainer import fit_recipe
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -50,10 +53,21 @@ def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, o
 
 
 def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
-    """Train a recipe (object or TOML file) on the workspace's ledger; returns the new model's row."""
+    """Train a recipe (object or TOML file) on the workspace's ledger and record the new model; returns its row."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
-    return _train(ws, recipe)
+    task = check_recipe(recipe)
+    ids = ws.training_ids(recipe)
+    if not ids:
+        raise InvalidRequest(f"recipe {recipe.name!r} selects no active training records; ingest data first")
+    data = ws.dataset(task, ids)
+    info = {"data": task.data_info(data, recipe.model)}
+    model, result = fit_recipe(task, recipe, data, info["data"])
+    info["fit"] = {"steps": result.steps, "epochs": result.epochs, "final_loss": result.losses[-1]}
+    row = ws.save_model(model=model, recipe=recipe, records=ids, info=info, kind="trained", seconds=result.seconds)
+    ws.ledger.insert_model(row)
+    log.info("trained %s on %d records in %.1fs", row.id, len(ids), result.seconds)
+    return row
 
 
 def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None) -> dict[str, Any]:
@@ -73,9 +87,12 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
         return stored
     parent = ws.ledger.model(row.parent)
     parent_model, _, _ = ws.load_model(parent.id)
+    forget_ids = parent.records & req.records
+    reference_model, reference = ensure_reference(ws, parent, parent.records - forget_ids)
     cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
-                   forget_ids=parent.records & req.records, request_id=req.id, method=row.method or "",
-                   config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds)
+                   reference=reference, reference_model=reference_model, forget_ids=forget_ids,
+                   request_id=req.id, method=row.method or "", config=row.info.get("config", {}),
+                   report=row.info.get("report", {}), thresholds=thresholds, probes=workspace_probes(ws))
     _keep_certificate(ws, req.id, model_id, cert)
     return cert
 
@@ -86,10 +103,6 @@ def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: st
     models (other seeds) give the forgetting score F, the challenge's final score and a U-LiRA AUC. The result is
     added to the certificate under ``strong``. Needs the forget set, so the request must still hold its records.
     """
-    from .bench import strong_test
-    from .executors import get_executor
-    from .jobs import Problem
-
     if models < 3:
         raise InvalidRequest("the strong test needs at least 3 models per side (--strong-models)")
     row, req = _unlearned(ws, model_id)

@@ -16,20 +16,20 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write_text
+from .api import ingest_scenario, train
 from .errors import InvalidRequest
 from .evaluate.metrics import avg_gap
-from .evaluate.strong import strong_scores
-from .executors import get_executor
-from .jobs import Job, Problem, prepare, run
+from .executors import Executor, get_executor
+from .jobs import Job, Problem, run, strong_test
 from .methods import METHODS
 from .methods.registry import parse_variant
 from .scenarios import get_scenario
 from .tasks import get_task
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "people", "book")
-REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models
 
 
 @dataclass
@@ -75,7 +75,7 @@ def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
     return write_summary(out)
 
 
-def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: Path) -> dict[str, Any]:
+def bench_scenario(scenario: str, settings: BenchSettings, executor: Executor, work: Path) -> dict[str, Any]:
     """All seeds and methods of one scenario, plus the strong test on seed 0."""
     case = get_scenario(scenario)
     methods = settings.methods or list(case.bench_methods or METHODS.names())
@@ -113,29 +113,15 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Any, work: 
             "strong": strong}
 
 
-def strong_test(problem: Problem, methods: list[str], k: int, executor: Any, label: str = "",
-                options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """K retrained and K unlearned models per method on one problem -> F, final score, U-LiRA AUC per method."""
-    workers = getattr(executor, "workers", None) or k
-    ref_seeds = [REFERENCE_SEED + i for i in range(k)]
-    chunks = [ref_seeds[i::workers] for i in range(workers) if ref_seeds[i::workers]]
-    jobs = [Job(problem, chunk, reference=True, figures=False) for chunk in chunks]
-    jobs += [Job(problem, [UNLEARN_SEED + i for i in range(k)], methods=[m], options=options or {}, figures=False)
-             for m in methods]
-    results = [r for batch in executor.map(run, jobs, description=f"{label}: strong test ({k} models per side)")
-               for r in batch]
-    refs = [r for r in results if r["who"] == "reference"]
-    out = {}
-    for m in methods:
-        mine = [r for r in results if r["who"] == m and "refused" not in r]
-        if len(mine) < k:
-            continue
-        out[m] = strong_scores(
-            np.stack([r["forget_loss"] for r in mine]), np.stack([r["forget_loss"] for r in refs]),
-            np.stack([r["forget_confidence"] for r in mine]), np.stack([r["forget_confidence"] for r in refs]),
-            ra=(np.mean([r["ra"] for r in mine]), np.mean([r["ra"] for r in refs])),
-            ta=(np.mean([r["ta"] for r in mine]), np.mean([r["ta"] for r in refs])))
-    return out
+def prepare(job: tuple[str, str, int]) -> dict[str, Any]:
+    """Create a workspace at ``root`` holding ``scenario``, train its recipe with ``seed``, draw its forget set."""
+    root, scenario, seed = job
+    case = get_scenario(scenario)
+    with Workspace.init(root) as ws:
+        ingest_scenario(ws, scenario)
+        row = train(ws, case.recipe().replace(seed=seed))
+        forget = case.forget_ids(ws, seed)
+    return {"root": root, "model": row.id, "forget": sorted(int(i) for i in forget), "train_seconds": row.seconds}
 
 
 def _light(result: dict[str, Any]) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def scenarios() -> None:
     table = Table("scenario", "what it shows", "effect probe")
     for name in SCENARIOS:
         s = get_scenario(name)
-        table.add_row(name, s.description, s.effect_name or "-")
+        table.add_row(name, s.description, ", ".join(p.name for p in s.probes()) or "-")
     out.print(table)
 
 

@@ -1,5 +1,6 @@
 """Picklable jobs for executors: each opens the workspace read-only, does one independent piece of work and
-returns plain data (no ledger writes, so any number can run at once)."""
+returns plain data (no ledger writes, so any number can run at once). The strong (per-example) test runs its K
+retrained and K unlearned models as such jobs."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from pyroaring import BitMap
 
 from .errors import InvalidRequest
 from .evaluate.metrics import accuracy
+from .evaluate.strong import strong_scores
 from .evaluate.verify import measure, measure_reference
+from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
-from .train.recipe import Recipe
+from .scenarios import workspace_probes
 from .train.trainer import fit_recipe
+from .workspace import Workspace
+
+REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models
 
 
 @dataclass
@@ -27,17 +33,14 @@ class Problem:
     forget: list[int]
 
     def load(self) -> dict[str, Any]:
-        """Open the workspace and build the model, request pieces and held-out data."""
-        from .workspace import Workspace
-
+        """Open the workspace and build the model, request pieces, held-out data and effect probes."""
         ws = Workspace.open(self.root)
         model, row, task = ws.load_model(self.model_id)
-        recipe = Recipe.from_toml(row.recipe)
         ids = BitMap(self.forget)
         data = {"forget": ws.dataset(task, row.records & ids), "retain": ws.dataset(task, row.records - ids),
                 "test": ws.dataset(task, ws.test_ids())}
-        out = {"ws": ws, "model": model, "row": row, "task": task, "recipe": recipe, "scenario": ws.scenario, **data}
-        return out
+        return {"ws": ws, "model": model, "row": row, "task": task, "recipe": ws.recipe_of(row),
+                "probes": workspace_probes(ws), **data}
 
 
 @dataclass
@@ -86,10 +89,10 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps}
     if job.figures:
         if who == "reference":
-            m = measure_reference(task, model, p["forget"], p["retain"], p["test"], p["scenario"], seed=seed)
+            m = measure_reference(task, model, p["forget"], p["retain"], p["test"], p["probes"], seed=seed)
             p.setdefault("reference_measurement", {})[seed] = m
         else:
-            m = measure(task, model, p["forget"], p["retain"], p["test"], p["scenario"], seed=seed,
+            m = measure(task, model, p["forget"], p["retain"], p["test"], p["probes"], seed=seed,
                         reference=p.get("reference_measurement", {}).get(seed))
         out, extra["figures"] = m.forget, m.figures
     else:
@@ -100,16 +103,26 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
             "forget_confidence": out["confidence"].astype(np.float32), **extra}
 
 
-def prepare(job: tuple[str, str, int]) -> dict[str, Any]:
-    """Create a workspace at ``root`` holding ``scenario``, train its recipe with ``seed``, draw its forget set."""
-    from .api import ingest_scenario, train
-    from .scenarios import get_scenario
-    from .workspace import Workspace
-
-    root, scenario, seed = job
-    case = get_scenario(scenario)
-    with Workspace.init(root) as ws:
-        ingest_scenario(ws, scenario)
-        row = train(ws, case.recipe().replace(seed=seed))
-        forget = case.forget_ids(ws, seed)
-    return {"root": root, "model": row.id, "forget": sorted(int(i) for i in forget), "train_seconds": row.seconds}
+def strong_test(problem: Problem, methods: list[str], k: int, executor: Executor, label: str = "",
+                options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """K retrained and K unlearned models per method on one problem -> F, final score, U-LiRA AUC per method."""
+    workers = getattr(executor, "workers", None) or k
+    ref_seeds = [REFERENCE_SEED + i for i in range(k)]
+    chunks = [ref_seeds[i::workers] for i in range(workers) if ref_seeds[i::workers]]
+    jobs = [Job(problem, chunk, reference=True, figures=False) for chunk in chunks]
+    jobs += [Job(problem, [UNLEARN_SEED + i for i in range(k)], methods=[m], options=options or {}, figures=False)
+             for m in methods]
+    results = [r for batch in executor.map(run, jobs, description=f"{label}: strong test ({k} models per side)")
+               for r in batch]
+    refs = [r for r in results if r["who"] == "reference"]
+    out = {}
+    for m in methods:
+        mine = [r for r in results if r["who"] == m and "refused" not in r]
+        if len(mine) < k:
+            continue
+        out[m] = strong_scores(
+            np.stack([r["forget_loss"] for r in mine]), np.stack([r["forget_loss"] for r in refs]),
+            np.stack([r["forget_confidence"] for r in mine]), np.stack([r["forget_confidence"] for r in refs]),
+            ra=(np.mean([r["ra"] for r in mine]), np.mean([r["ra"] for r in refs])),
+            ta=(np.mean([r["ta"] for r in mine]), np.mean([r["ta"] for r in refs])))
+    return out

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pyroaring import BitMap
 from torch import nn
 
 from ._io import atomic_write_bytes
-from .errors import DisgorgeError, IntegrityError, NotFound
-from .ledger import Ledger, ModelRow
+from .errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
+from .ledger import Ledger, ModelRow, now
+from .ledger import bitmap as bm
 from .models import store
+from .models.card import model_card
+from .spec import Recipe
 from .tasks import RecordDataset, Task, get_task
-from .train.recipe import Recipe
 
 STATE_DIR = ".disgorge"
 
@@ -95,6 +99,36 @@ class Workspace:
         """Ids of the live held-out (test split) records."""
         return self.ledger.record_ids(split="test", states=("active", "held"))
 
+    def training_ids(self, recipe: Recipe) -> BitMap:
+        """Ids of the active training records the recipe's data selector picks."""
+        return self.ledger.record_ids(sources=list(recipe.data.sources) or None,
+                                      exclude_sources=list(recipe.data.exclude_sources), split="train")
+
+    def select(self, *, sources: Sequence[str] = (), records: Sequence[int] = (),
+               random_fraction: float | None = None, seed: int = 0) -> BitMap:
+        """Record ids named by sources, explicit ids, or a random share of the live training records."""
+        if not sources and not records and random_fraction is None:
+            raise InvalidRequest("name what to forget: --source NAME, --records IDS or --random FRACTION")
+        ids = BitMap()
+        for name in sources:
+            found = self.ledger.record_ids(sources=[name], split=None, states=("active", "held"))
+            if not found:
+                raise InvalidRequest(f"source {name!r} has no records left to forget (already erased?)")
+            ids |= found
+        if records:
+            ids |= self.ledger.check_ids(records)
+        if random_fraction is not None:
+            if not 0 < random_fraction < 1:
+                raise InvalidRequest(f"--random takes a fraction in (0, 1), got {random_fraction}")
+            pool = np.array(self.ledger.record_ids(split="train"), dtype=np.int64)
+            if len(pool) == 0:
+                raise InvalidRequest("--random found no live training records to draw from")
+            k = max(1, round(random_fraction * len(pool)))
+            ids |= BitMap(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
+        if not ids:
+            raise InvalidRequest("the selection is empty: it names no live records")
+        return ids
+
     # -- models ---------------------------------------------------------------------------------------
     def model_dir(self, model_id: str) -> Path:
         """Folder of a model."""
@@ -108,7 +142,7 @@ class Workspace:
         """Rebuild a model from its recipe and load its weights, checking their recorded sha256."""
         row = self.ledger.model(model_id)
         task = get_task(row.task)
-        recipe = Recipe.from_toml(row.recipe, where=f"model {model_id}'s recipe")
+        recipe = self.recipe_of(row)
         model = task.build_model(recipe.model, self.model_info(row))
         state = store.read_weights(self.models_dir, model_id, row.weights_sha256)
         try:
@@ -117,6 +151,34 @@ class Workspace:
             raise IntegrityError(f"model {model_id}: weights do not fit its recipe's network ({exc})") from None
         model.eval()
         return model, row, task
+
+    def save_model(self, *, model: nn.Module, recipe: Recipe, records: BitMap, info: dict[str, Any], kind: str,
+                   seconds: float, parent: str | None = None, method: str | None = None,
+                   request_id: int | None = None) -> ModelRow:
+        """Write a model folder (weights, recipe, config, card) atomically and return its ledger row, not yet
+        inserted: the caller commits it (alone, or with an erasure request) or removes the folder."""
+        model_id = self.ledger.reserve_model_id()
+        weights, digest = store.serialize_weights(model)
+        recipe_toml = recipe.to_toml()
+        card = model_card(model_id=model_id, task=recipe.task, family=recipe.model.family, parent=parent, kind=kind,
+                          method=method, sources=self.sources_of(records), n_records=len(records),
+                          recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id)
+        config = {"id": model_id, "task": recipe.task, "family": recipe.model.family, "data": info["data"],
+                  "parent": parent, "kind": kind, "method": method, "weights_sha256": digest}
+        store.write_model_dir(self.models_dir, model_id, {
+            store.WEIGHTS: weights,
+            "recipe.toml": recipe_toml.encode(),
+            "config.json": (json.dumps(config, indent=2) + "\n").encode(),
+            "records.roaring": bm.dumps(records),
+            "README.md": card.encode(),
+        })
+        return ModelRow(id=model_id, parent=parent, kind=kind, status="active", task=recipe.task,
+                        recipe=recipe_toml, recipe_sha256=recipe.sha256, weights_sha256=digest, records=records,
+                        method=method, request_id=request_id, seconds=seconds, info=info, created_at=now())
+
+    def recipe_of(self, row: ModelRow) -> Recipe:
+        """The recipe a model was trained with, as stored in the ledger."""
+        return Recipe.from_toml(row.recipe, where=f"model {row.id}'s recipe")
 
     def sources_of(self, ids: BitMap) -> list[dict[str, Any]]:
         """Per source, its licence, origin and how many of ``ids`` it contributed."""

@@ -1,7 +1,8 @@
 """Language-model unlearning metrics (TOFU, MUSE), as plain functions of numbers the model already produced.
 
 Every function takes numpy arrays / strings (per-question mean NLLs, per-token log-probabilities, generated text)
-and returns floats or arrays; nothing here runs a model. The definitions follow the reference implementations:
+and returns floats or arrays, except :func:`vocab_logprob_moments`, which reduces the model's own ``[..., V]``
+log-probability tensor in torch; nothing here runs a model. The definitions follow the reference implementations:
 
 * TOFU (Maini et al., 2024; repo ``locuslab/tofu``, ``evaluate_util.py`` and ``aggregate_eval_stat.py``) and its
   port in OpenUnlearning (repo ``locuslab/open-unlearning``, ``src/evals/metrics/memorization.py``, ``utils.py``,
@@ -29,25 +30,29 @@ and returns floats or arrays; nothing here runs a model. The definitions follow 
     OpenUnlearning's configs and MUSE's privleak key ``Min-40%`` use).
   - Min-K%++: per token ``(log p(x_t) - mu_t) / sigma_t`` with ``mu_t``, ``sigma_t`` the mean and standard
     deviation of ``log p`` over the vocabulary under the model's own next-token distribution; then Min-K% over these.
-    As OpenUnlearning, the variance is floored at 1e-6 (so ``sigma_t >= 1e-3``).
+    As OpenUnlearning, the variance is floored at 1e-6 (so ``sigma_t >= 1e-3``): :func:`minkpp_score` applies that
+    floor to the ``sigma`` it is given (:func:`vocab_logprob_moments` only keeps the variance above 1e-12, so that
+    rounding cannot make it negative before the square root).
 
   The sources return these as "lower means member" numbers (NLL, ``-mean(min-k log-probs)``). Here every score is
-  negated so that HIGHER means MORE LIKELY A MEMBER, and :func:`mia_auc` is the ordinary ROC AUC with members as the
-  positive class; the AUC value is identical to OpenUnlearning's ``mia_auc`` (which labels forget 0 / holdout 1 on the
-  un-negated scores), expressed in percent.  A sequence with no scored tokens gets NaN (OpenUnlearning returns 0 for
-  Min-K, which is an arbitrary value); :func:`mia_auc` drops NaN scores.
+  negated so that HIGHER means MORE LIKELY A MEMBER, and :func:`disgorge.evaluate.metrics.mia_auc` (the package's
+  one MIA AUC, shared with the classifiers' loss attack) is the ordinary ROC AUC with members as the positive class;
+  the AUC value is identical to OpenUnlearning's ``mia_auc`` (which labels forget 0 / holdout 1 on the un-negated
+  scores), expressed in percent.  A sequence with no scored tokens gets NaN (OpenUnlearning returns 0 for Min-K,
+  which is an arbitrary value); ``mia_auc`` drops NaN scores.
 
 * MUSE (Shi et al., 2024): PrivLeak and VerbMem.
 
   - PrivLeak is ``(AUC_unl - AUC_ret) / AUC_ret * 100`` on MUSE's own AUC for Min-40%, which labels the forget set
     as the *negative* class, i.e. ``AUC_MUSE = 1 - AUC`` in the convention above (OpenUnlearning's ``privleak`` does
-    the same ``1 - x`` flip on its AUCs). :func:`privleak` takes :func:`mia_auc` outputs (percent, members
+    the same ``1 - x`` flip on its AUCs). :func:`privleak` takes ``mia_auc`` outputs (percent, members
     positive) and applies that flip, so an unlearned model that still recognises its forget set (AUC near 100)
     scores near -100, one that over-forgets (AUC well below the retrained model's) scores positive, and 0 is ideal.
   - VerbMem: mean ROUGE-L **F1** (``fmeasure``, MUSE's ``mean_rougeL``) of the generated continuation against the
-    true continuation, times 100. MUSE's scorer does not stem (``use_stemmer=False``); OpenUnlearning's port stems.
-    :func:`verbmem` defaults to MUSE's setting. MUSE truncates the true continuation to the generation budget
-    (128 tokens) before scoring; that is the caller's job since it needs the tokenizer.
+    true continuation, times 100: :func:`verbmem_scores` per item (0..1), :func:`verbmem` their mean in percent.
+    MUSE's scorer does not stem (``use_stemmer=False``); OpenUnlearning's port stems. :func:`verbmem_scores` defaults
+    to MUSE's setting. MUSE truncates the true continuation to the generation budget (128 tokens) before scoring;
+    that is the caller's job since it needs the tokenizer.
 
 Empty inputs give NaN (or an empty array for per-item functions), never an exception; mismatched lengths or shapes
 raise ``ValueError``.
@@ -61,15 +66,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+
+from .metrics import _drop_nan
 
 __all__ = [
     "MINK_K",
     "answer_probability",
     "forget_quality",
     "loss_score",
-    "mia_auc",
     "mink_score",
     "minkpp_score",
     "model_utility",
@@ -81,6 +87,7 @@ __all__ = [
     "truth_ratio_forget_score",
     "truth_ratio_score",
     "verbmem",
+    "verbmem_scores",
     "vocab_logprob_moments",
     "zlib_score",
 ]
@@ -89,6 +96,7 @@ MINK_K = 0.4
 """Default fraction of lowest-probability tokens for Min-K% and Min-K%++ (OpenUnlearning configs, MUSE Min-40%)."""
 
 _SIGMA_FLOOR = 1e-3  # OpenUnlearning clamps the vocabulary variance at 1e-6 before taking the square root.
+_VAR_EPS = 1e-12  # keeps a variance that rounding made (slightly) negative out of the square root
 _ROUGE_KINDS = ("recall", "f1")
 
 
@@ -124,10 +132,16 @@ def rouge_l_many(predictions: Sequence[str], references: Sequence[str], kind: st
     return np.array([rouge_l(p, r, kind, use_stemmer=use_stemmer) for p, r in pairs], dtype=float)
 
 
-def verbmem(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = False) -> float:
-    """MUSE VerbMem: mean ROUGE-L F1 of continuations vs true continuations, in percent (NaN for none)."""
-    scores = rouge_l_many(predictions, references, kind="f1", use_stemmer=use_stemmer)
-    return float(scores.mean() * 100) if scores.size else float("nan")
+def verbmem_scores(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = False
+                   ) -> np.ndarray:
+    """MUSE VerbMem per item: ROUGE-L F1 (0..1) of each continuation vs its true continuation, unstemmed as MUSE."""
+    return rouge_l_many(predictions, references, kind="f1", use_stemmer=use_stemmer)
+
+
+def verbmem(scores: np.ndarray) -> float:
+    """MUSE VerbMem: mean of :func:`verbmem_scores` values in percent (NaN scores dropped; NaN for none)."""
+    s = _drop_nan(scores)
+    return float(np.mean(s)) * 100 if s.size else float("nan")
 
 
 # ------------------------------------------------------------------------------------ TOFU probabilities
@@ -168,12 +182,6 @@ def normalised_answer_probability(true_mean_nll: np.ndarray, perturbed_mean_nll:
         return np.empty(0, dtype=float)
     p_true = np.exp(-true)
     return p_true / (p_true + np.exp(-pert).sum(axis=1))
-
-
-def _drop_nan(values: np.ndarray) -> np.ndarray:
-    """The non-NaN entries (infinities kept) of a 1-D float view of ``values``."""
-    arr = np.asarray(values, dtype=float).ravel()
-    return arr[~np.isnan(arr)]
 
 
 def truth_ratio_score(ratios: np.ndarray) -> float:
@@ -278,34 +286,20 @@ def minkpp_score(token_logprobs: Sequence[np.ndarray], mu: Sequence[np.ndarray],
     return np.array(out, dtype=float)
 
 
-def vocab_logprob_moments(vocab_logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of ``log p`` under ``p`` for each row of [T, V] log-probabilities (Min-K%++'s mu, sigma)."""
-    lp = np.asarray(vocab_logprobs, dtype=float)
-    if lp.ndim != 2:
-        raise ValueError(f"expected [T, V] log-probabilities, got shape {lp.shape}")
-    p = np.exp(lp)
-    finite = p > 0  # zero-probability entries (log p = -inf) contribute nothing
-    safe = np.where(finite, lp, 0.0)
-    mu = np.sum(p * safe, axis=-1)
-    var = np.sum(p * safe**2, axis=-1) - mu**2
-    return mu, np.sqrt(np.maximum(var, 0.0))
-
-
-def mia_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
-    """ROC AUC in percent of scores separating members (positive) from non-members; NaN if a side is empty.
-
-    NaN scores are dropped; infinite ones keep their rank (the AUC is computed on ranks).
-    """
-    m, n = _drop_nan(member_scores), _drop_nan(nonmember_scores)
-    if m.size == 0 or n.size == 0:
-        return float("nan")
-    y = np.concatenate([np.ones(m.size), np.zeros(n.size)])
-    ranks = stats.rankdata(np.concatenate([m, n]))
-    return float(roc_auc_score(y, ranks) * 100)
+def vocab_logprob_moments(vocab_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``log p`` under ``p`` over the last axis of ``[..., V]`` log-probabilities (Min-K%++'s mu,
+    sigma), each ``[...]``, in the input's dtype and on its device; the variance is kept >= 1e-12."""
+    if vocab_logprobs.ndim < 1:
+        raise ValueError("expected [..., V] log-probabilities, got a scalar")
+    p = vocab_logprobs.exp()
+    safe = vocab_logprobs.masked_fill(p == 0, 0.0)  # zero-probability entries (log p = -inf) contribute nothing
+    mu = (p * safe).sum(-1)
+    return mu, ((p * safe.square()).sum(-1) - mu.square()).clamp(min=_VAR_EPS).sqrt()
 
 
 def privleak(auc_unlearned: float, auc_reference: float) -> float:
-    """MUSE PrivLeak in percent from two :func:`mia_auc` values (percent, members positive); 0 is ideal.
+    """MUSE PrivLeak in percent from two :func:`~disgorge.evaluate.metrics.mia_auc` values (percent, members
+    positive); 0 is ideal.
 
     Computed on MUSE's flipped AUC ``100 - auc``: ``((100 - u) - (100 - r)) / (100 - r) * 100``. Negative means the
     unlearned model still tells forget from holdout (under-unlearning), positive means over-unlearning. NaN if an

@@ -3,6 +3,10 @@
 Definitions follow DESIGN.md: UA = 100 - forget accuracy; RA/TA = retain/test accuracy; MIA-efficacy is SalUn's
 (an RBF SVC, C=3, on the true-class confidence, trained on retain members vs test non-members, applied to the
 forget set: the share predicted non-member); the loss-threshold MIA AUC separates forget from test by loss.
+
+:func:`mia_auc` is the one membership-inference AUC of the package: the ROC AUC (percent) of any per-example score
+where HIGHER means MORE LIKELY A MEMBER, members the positive class. The classifier's loss attack passes ``-loss``
+(the language-model attacks of :mod:`disgorge.evaluate.lm_metrics` pass their scores as they are).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
 
@@ -38,15 +43,23 @@ def mia_efficacy(conf_retain: np.ndarray, conf_test: np.ndarray, conf_forget: np
     return float((1 - clf.predict(conf_forget.reshape(-1, 1)).mean()) * 100)
 
 
-def mia_auc(loss_forget: np.ndarray, loss_test: np.ndarray) -> float:
-    """Loss-threshold MIA: ROC AUC (percent) of -loss separating forget (members) from test (non-members).
+def mia_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """ROC AUC in percent of scores (higher = member) separating members (positive) from non-members.
 
-    50 means the forget set looks like unseen data; 100 means it is perfectly recognisable.
+    50 means the members look like unseen data; 100 means they are perfectly recognisable. NaN if a side is empty;
+    NaN scores are dropped; infinite ones keep their rank (the AUC is computed on ranks, which leaves it unchanged).
     """
-    if len(loss_forget) == 0 or len(loss_test) == 0:
+    m, n = _drop_nan(member_scores), _drop_nan(nonmember_scores)
+    if m.size == 0 or n.size == 0:
         return float("nan")
-    y = np.concatenate([np.ones(len(loss_forget)), np.zeros(len(loss_test))])
-    return float(roc_auc_score(y, -np.concatenate([loss_forget, loss_test])) * 100)
+    y = np.concatenate([np.ones(m.size), np.zeros(n.size)])
+    return float(roc_auc_score(y, stats.rankdata(np.concatenate([m, n]))) * 100)
+
+
+def _drop_nan(values: np.ndarray) -> np.ndarray:
+    """The non-NaN entries (infinities kept) of a 1-D float view of ``values``."""
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[~np.isnan(arr)]
 
 
 def avg_gap(method: Mapping[str, float], reference: Mapping[str, float], keys: tuple[str, ...] = GAP_KEYS) -> float:
@@ -62,5 +75,5 @@ def split_figures(forget: Mapping[str, np.ndarray], retain: Mapping[str, np.ndar
         "ra": accuracy(retain["correct"]),
         "ta": accuracy(test["correct"]),
         "mia_efficacy": mia_efficacy(retain["confidence"], test["confidence"], forget["confidence"], seed=seed),
-        "mia_auc": mia_auc(forget["loss"], test["loss"]),
+        "mia_auc": mia_auc(-forget["loss"], -test["loss"]),
     }

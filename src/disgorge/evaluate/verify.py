@@ -1,10 +1,13 @@
-"""Verification: compare an unlearned model with its parent and a model retrained without the forget set."""
+"""Verification: compare an unlearned model with its parent and a model retrained without the forget set.
+
+Nothing here trains or looks anything up by name: the reference model and the effect probes are passed in."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,12 +19,11 @@ from torch import nn
 from .._io import atomic_write_text
 from ..errors import InvalidRequest
 from ..ledger import ModelRow
-from ..scenarios import SCENARIOS, get_scenario
-from ..tasks import RecordDataset, Task, get_task
+from ..tasks import RecordDataset, Task
 from ..tasks.base import CLASSIFICATION_FIGURES
-from ..train.recipe import Recipe
-from ..train.trainer import fit_recipe, save_model
+from ..workspace import Workspace
 from .metrics import avg_gap
+from .probes import Probe
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,13 @@ class Measurement:
 
 
 def measure(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset, test: RecordDataset,
-            scenario: str | None, *, seed: int = 0, reference: Measurement | None = None) -> Measurement:
+            probes: Sequence[Probe] = (), *, seed: int = 0, reference: Measurement | None = None) -> Measurement:
     """The task's figures for one model (UA, RA, TA and MIAs for classifiers; TOFU/MUSE figures for language
-    models), the scenario's effect probe and, given the reference's measurement, the relative figures."""
+    models), the main effect probe (the first of ``probes``) on the held-out data and, given the reference's
+    measurement, the relative figures."""
     outs = [task.evaluate(model, d) for d in (forget, retain, test)]
     figures: dict[str, float | None] = dict(task.split_figures(*outs, seed=seed))
-    figures["effect"] = get_scenario(scenario).effect(model, task, test) if scenario in SCENARIOS else None
+    figures["effect"] = probes[0].measure(model, task, test) if probes else None
     figures = {k: _clean(v) for k, v in figures.items()}
     if reference is not None:
         relative = task.relative_figures(outs[0], figures, reference.forget, reference.figures)
@@ -63,9 +66,9 @@ def measure(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordD
 
 
 def measure_reference(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset,
-                      test: RecordDataset, scenario: str | None, *, seed: int = 0) -> Measurement:
+                      test: RecordDataset, probes: Sequence[Probe] = (), *, seed: int = 0) -> Measurement:
     """:func:`measure` for the retrained reference itself (its relative figures compare it with itself)."""
-    ref = measure(task, model, forget, retain, test, scenario, seed=seed)
+    ref = measure(task, model, forget, retain, test, probes, seed=seed)
     relative = task.relative_figures(ref.forget, ref.figures, ref.forget, ref.figures)
     ref.figures.update({k: _clean(v) for k, v in relative.items()})
     return ref
@@ -78,43 +81,26 @@ def _clean(v: float | None) -> float | None:
     return round(float(v), 4) if abs(v) >= 1e-3 else float(f"{float(v):.4g}")
 
 
-def ensure_reference(ws: Any, parent: ModelRow, retain_ids: BitMap) -> tuple[nn.Module, ModelRow]:
-    """The model retrained from the parent's recipe on ``retain_ids``: from the cache, or trained now and cached."""
-    cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids)
-    if cached is not None:
-        model, row, _ = ws.load_model(cached.id)
-        return model, row
-    recipe = Recipe.from_toml(parent.recipe, where=f"model {parent.id}'s recipe")
-    task = get_task(parent.task)
-    log.info("training the reference: %s's recipe on %d retained records", parent.id, len(retain_ids))
-    model, result = fit_recipe(task, recipe, ws.dataset(task, retain_ids), parent.info["data"])
-    info = {"data": parent.info["data"], "fit": {"steps": result.steps, "epochs": result.epochs}}
-    row = save_model(ws, model=model, recipe=recipe, records=retain_ids, info=info, kind="reference",
-                     seconds=result.seconds, parent=parent.id, method="retrain")
-    ws.ledger.insert_model(row)
-    return model, row
-
-
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, child: ModelRow,
-            child_model: nn.Module, forget_ids: BitMap, request_id: int, method: str,
-            config: dict[str, Any], report: dict[str, Any] | None = None,
-            thresholds: Thresholds | None = None) -> dict[str, Any]:
-    """Measure original, unlearned and reference models and return the certificate (a JSON-ready dict)."""
+def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Module, child: ModelRow,
+            child_model: nn.Module, reference: ModelRow, reference_model: nn.Module, forget_ids: BitMap,
+            request_id: int, method: str, config: dict[str, Any], report: dict[str, Any] | None = None,
+            thresholds: Thresholds | None = None, probes: Sequence[Probe] = ()) -> dict[str, Any]:
+    """Measure the original, unlearned and retrained reference models (each with ``probes``) and return the
+    certificate (a JSON-ready dict)."""
     thresholds = thresholds or Thresholds()
     retain_ids = parent.records - forget_ids
-    reference_model, reference = ensure_reference(ws, parent, retain_ids)
     forget = ws.dataset(task, forget_ids)
     retain = ws.dataset(task, retain_ids)
     test = ws.dataset(task, ws.test_ids())
     if len(test) == 0:
         raise InvalidRequest("verification needs held-out records (split 'test'); ingest some with --split test")
-    ref = measure_reference(task, reference_model, forget, retain, test, ws.scenario)
-    metrics = {name: measure(task, m, forget, retain, test, ws.scenario, reference=ref).figures
+    ref = measure_reference(task, reference_model, forget, retain, test, probes)
+    metrics = {name: measure(task, m, forget, retain, test, probes, reference=ref).figures
                for name, m in (("original", parent_model), ("unlearned", child_model))}
     metrics["reference"] = ref.figures
     gaps = {name: round(avg_gap(metrics[name], metrics["reference"], task.figures.gap), 4)
@@ -132,7 +118,7 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
         "task": task.name,
         "figures": {"keys": list(task.figures.keys), "labels": task.figures.labels, "gap": list(task.figures.gap),
                     "units": task.figures.units},
-        "effect": _effect_meta(ws.scenario),
+        "effect": probes[0].meta() if probes else None,
         "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},
         "models": {
             "parent": {"id": parent.id, "sha256": parent.weights_sha256},
@@ -149,13 +135,6 @@ def certify(ws: Any, *, task: Task, parent: ModelRow, parent_model: nn.Module, c
         "checks": checks,
         "passed": all(c["passed"] for c in checks.values()),
     }
-
-
-def _effect_meta(scenario: str | None) -> dict[str, str] | None:
-    if scenario not in SCENARIOS:
-        return None
-    s = get_scenario(scenario)
-    return {"name": s.effect_name, "help": s.effect_help} if s.effect_name else None
 
 
 def _checks(task: Task, metrics: dict[str, dict[str, float | None]], gap: float, t: Thresholds,
@@ -189,7 +168,7 @@ def _abs(a: float | None) -> float | None:
     return None if a is None else abs(a)
 
 
-def write_certificate(ws: Any, certificate: dict[str, Any]) -> dict[str, str]:
+def write_certificate(ws: Workspace, certificate: dict[str, Any]) -> dict[str, str]:
     """Write ``certificate.json`` and ``certificate.md`` under ``reports/r<request>/<child>/``; return the paths."""
     folder = ws.report_dir(certificate["request"]) / certificate["models"]["child"]["id"]
     json_path, md_path = folder / "certificate.json", folder / "certificate.md"

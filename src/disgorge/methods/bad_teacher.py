@@ -11,7 +11,7 @@ from torch import nn
 
 from ..train.loop import make_optimizer
 from ._tools import distill_kl, frozen_copy, reinitialise
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -29,7 +29,7 @@ class BadTeacher(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "logits"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """Bad Teacher settings."""
 
         epochs: int = option(2, "passes over the retain set", low=1)
@@ -50,5 +50,5 @@ class BadTeacher(Method):
             return distill_kl(task.logits(m, retain_batch), good_logits, cfg.temperature) + \
                 distill_kl(task.logits(m, forget_batch), bad_logits, cfg.temperature)
 
-        self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
+        self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         return model

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import sys
 import time
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -18,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import DisgorgeError, InvalidRequest
+from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
 from ..train.loop import FitResult, Guard, LossFn, fit, warm_up
-from ..train.recipe import TrainSpec
-from . import adapters
+from . import _adapters as adapters
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,13 +38,13 @@ DATA_NEEDS = frozenset({"retain", "forget", "linear_model"})
 
 
 class ConfigError(DisgorgeError):
-    """A method configuration value that is out of range or unknown."""
+    """A method configuration value that is out of range, of the wrong type, or unknown."""
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            choices: tuple[Any, ...] | None = None, positive: bool = False) -> Any:
     """A config field with help text and a range (``low``/``high`` inclusive; ``positive``: strictly > 0) that
-    ``MethodConfig.__post_init__`` checks."""
+    ``MethodConfig.__post_init__`` checks beside the field's declared type."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
                                             "positive": positive})
 
@@ -52,44 +54,54 @@ def lr_option(default: float) -> Any:
     return option(default, "learning rate (the recipe's optimiser)", positive=True)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _accepts(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
 @dataclass
 class MethodConfig:
-    """Base class of every method's ``Config``: typed fields with help text, validated on creation."""
+    """Base class of every method's ``Config``: typed fields with help text, each value checked on creation
+    against the field's declared type (``int``, ``float``, ``str``, ``bool``, optionally ``| None``) and range.
 
-    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
-    max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
-    max_retain_drop: float = option(5.0, "roll back and stop when accuracy on a retain sample falls more than this "
-                                         "many points below the original's (100 turns the guard off)", low=0)
-    forget_span: str = option("answer", "language models: the forget loss covers the whole answer (TOFU) or only "
-                                        "its key, the words that make it right, and what follows",
-                              choices=("answer", "key"))
-    lora_rank: int = option(0, "fine-tune methods: train only LoRA adapters of this rank (peft), merged into the "
-                               "weights afterwards; 0 trains every weight", low=0)
+    Options come in families, so a method takes only the options it uses: :class:`BudgetConfig` for methods that
+    run the training loop, :class:`GuardedConfig` for those whose loop the retain guard watches,
+    :class:`FineTuneConfig` for fine-tune methods (forget span, LoRA adapters).
+    """
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
+            value = getattr(self, f.name)
+            kind, optional = _field_type(hints[f.name])
             if value is None:
-                if f.default is not None:
-                    raise ConfigError(f"{self._where(f.name)} must be set")
+                if not optional:
+                    raise ConfigError(f"option {f.name} must be set")
                 continue
-            numeric = meta.get("low") is not None or meta.get("high") is not None or meta.get("positive")
-            if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{self._where(f.name)} must be a number, got {value!r}")
-            if isinstance(f.default, int) and not isinstance(f.default, bool) and not isinstance(value, int):
-                raise ConfigError(f"{self._where(f.name)} must be an integer, got {value!r}")
+            if not _accepts(kind, value):
+                raise ConfigError(f"option {f.name} must be {_TYPE_NAMES.get(kind, kind.__name__)}"
+                                  f"{' (finite)' if kind is float else ''}, got {value!r}")
+            if kind is float:
+                value = float(value)
+                setattr(self, f.name, value)
+            meta = f.metadata
             if meta.get("positive") and value <= 0:
-                raise ConfigError(f"{self._where(f.name)} must be > 0, got {value!r}")
+                raise ConfigError(f"option {f.name} must be > 0, got {value!r}")
             if meta.get("low") is not None and value < meta["low"]:
-                raise ConfigError(f"{self._where(f.name)} must be >= {meta['low']}, got {value!r}")
+                raise ConfigError(f"option {f.name} must be >= {meta['low']}, got {value!r}")
             if meta.get("high") is not None and value > meta["high"]:
-                raise ConfigError(f"{self._where(f.name)} must be <= {meta['high']}, got {value!r}")
+                raise ConfigError(f"option {f.name} must be <= {meta['high']}, got {value!r}")
             if meta.get("choices") is not None and value not in meta["choices"]:
-                raise ConfigError(f"{self._where(f.name)} must be one of "
-                                  f"{', '.join(map(str, meta['choices']))}, got {value!r}")
-
-    def _where(self, name: str) -> str:
-        return f"option {name}"
+                raise ConfigError(f"option {f.name} must be one of {', '.join(map(str, meta['choices']))}, "
+                                  f"got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
@@ -97,11 +109,8 @@ class MethodConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (None fields left out, as TOML has no null)."""
@@ -120,6 +129,69 @@ class MethodConfig:
     def help(cls) -> dict[str, str]:
         """Field name -> help text."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    # -- what the options ask of every run; the families below override ------------------------------
+    def check(self, request: UnlearnRequest) -> None:
+        """Refuse options this request cannot honour (none here)."""
+        return None
+
+    def forget_data(self, request: UnlearnRequest) -> RecordDataset:
+        """The forget set the method's loss sees (all of it here)."""
+        return request.forget
+
+    def adapter_rank(self) -> int:
+        """Rank of the LoRA adapters to train instead of the weights (0: none)."""
+        return 0
+
+
+def _field_type(hint: Any) -> tuple[type, bool]:
+    """A field's declared type and whether it may be None (``X | None``)."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+@dataclass
+class BudgetConfig(MethodConfig):
+    """Options of methods whose work runs through the training loop: a step and a time budget."""
+
+    max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
+    max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
+
+
+@dataclass
+class GuardedConfig(BudgetConfig):
+    """Options of loop methods watched by the retain guard."""
+
+    max_retain_drop: float = option(5.0, "roll back and stop when accuracy on a retain sample falls more than this "
+                                         "many points below the original's (100 turns the guard off)", low=0)
+
+
+@dataclass
+class FineTuneConfig(GuardedConfig):
+    """Options of fine-tune methods: which part of a text answer the forget loss covers, and LoRA adapters."""
+
+    forget_span: str = option("answer", "language models: the forget loss covers the whole answer (TOFU) or only "
+                                        "its key, the words that make it right, and what follows",
+                              choices=("answer", "key"))
+    lora_rank: int = option(0, "train only LoRA adapters of this rank (peft), merged into the weights "
+                               "afterwards; 0 trains every weight", low=0)
+
+    def check(self, request: UnlearnRequest) -> None:
+        """A key span needs text answers."""
+        if self.forget_span != "answer" and "text" not in request.task.capabilities:
+            raise InvalidRequest(f"forget_span={self.forget_span!r} needs text answers, which task "
+                                 f"{request.task.name!r} does not have")
+
+    def forget_data(self, request: UnlearnRequest) -> RecordDataset:
+        """The forget set, with answers cut to their key under ``forget_span = "key"``."""
+        return request.task.key_span(request.forget) if self.forget_span == "key" else request.forget
+
+    def adapter_rank(self) -> int:
+        """``lora_rank``."""
+        return self.lora_rank
 
 
 @dataclass
@@ -152,7 +224,10 @@ class UnlearnRequest:
 class Method(ABC):
     """An unlearning method. Parameters go in ``Config``; ``unlearn`` does the work and leaves the input intact.
 
-    After ``unlearn``, ``fit_result_`` and ``seconds_`` describe the run (scikit-learn's trailing underscore).
+    After ``unlearn``, ``fit_result_`` (what the training loop did; zero steps for methods without one),
+    ``report_`` (method-specific figures, possibly empty) and ``seconds_`` describe the run (scikit-learn's
+    trailing underscore). ``check`` and ``unlearn`` are final: a method adds its own refusals in ``_check`` and
+    its algorithm in ``_unlearn``.
     """
 
     name: ClassVar[str]
@@ -170,31 +245,32 @@ class Method(ABC):
             raise ConfigError(f"method {self.name!r} takes a {self.Config.__qualname__}, got {type(config).__name__}")
 
     def check(self, request: UnlearnRequest) -> None:
-        """Refuse, before running, a request this method cannot serve."""
+        """Refuse, before running, a request this method cannot serve: capabilities the task lacks, data the
+        method needs and the request lacks, options the request cannot honour, then the method's own ``_check``."""
         missing = sorted(self.needs - request.task.capabilities - DATA_NEEDS)
         if missing:
             raise InvalidRequest(f"method {self.name!r} needs {', '.join(missing)}, which task "
                                  f"{request.task.name!r} does not offer; pick another method (`disgorge methods`)")
-        if "retain" in self.needs and len(request.retain) == 0:
-            raise InvalidRequest(f"method {self.name!r} needs retain data and none is left")
-        if self.config.forget_span != "answer" and "text" not in request.task.capabilities:
-            raise InvalidRequest(f"forget_span={self.config.forget_span!r} needs text answers, which task "
-                                 f"{request.task.name!r} does not have")
-        if self.config.lora_rank and self.family != "fine-tune":
-            raise InvalidRequest(f"method {self.name!r} is not a fine-tune method; lora_rank applies only to those")
-        if "forget" in self.needs and len(request.forget) == 0:
-            raise InvalidRequest(f"method {self.name!r} needs forget data and the forget set is empty")
+        for which in ("retain", "forget"):
+            if which in self.needs and len(getattr(request, which)) == 0:
+                raise InvalidRequest(f"method {self.name!r} needs {which} data and the {which} set is empty")
+        self.config.check(request)
+        self._check(request)
+
+    def _check(self, request: UnlearnRequest) -> None:
+        """The method's own refusals (none by default)."""
+        return None
 
     def unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         """Return a new model with the forget set's effect removed; ``model`` itself is not changed."""
         self.check(request)
         warm_up()
+        self.fit_result_ = FitResult()
         self.report_ = {}
         start = time.perf_counter()
         work = copy.deepcopy(model)
-        if self.config.forget_span == "key":
-            request = dataclasses.replace(request, forget=request.task.key_span(request.forget))
-        rank = self.config.lora_rank
+        request = dataclasses.replace(request, forget=self.config.forget_data(request))
+        rank = self.config.adapter_rank()
         with torch.random.fork_rng():
             torch.manual_seed(request.seed)
             if rank:
@@ -208,24 +284,31 @@ class Method(ABC):
 
     @abstractmethod
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
-        """The algorithm, on a private copy of the model; sets ``self.fit_result_``."""
+        """The algorithm, on a private copy of the model."""
 
     def fit(self, model: nn.Module, request: UnlearnRequest, loader: Iterable[Any], loss: LossFn,
             optimizer: torch.optim.Optimizer, *, epochs: int, guard: bool = True, **kwargs: Any) -> FitResult:
-        """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and retain guard."""
-        result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=self.config.max_steps,
-                     max_seconds=self.config.max_seconds, description=kwargs.pop("description", self.name),
-                     guard=self.retain_guard(model, request) if guard else None,
-                     accelerator=request.task.accelerator(), **kwargs)
+        """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and, for guarded
+        methods, the retain guard; the result is kept as ``fit_result_``."""
+        cfg = self.config
+        if not isinstance(cfg, BudgetConfig):
+            raise TypeError(f"method {self.name!r} runs the training loop, so its Config must extend BudgetConfig")
+        watch = self.retain_guard(model, request) if guard else None
+        result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
+                     max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
+                     guard=watch, accelerator=request.task.accelerator(), **kwargs)
         if result.stopped == "guard":
             log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
                         "restored the last state that kept it (possibly the original weights: lower the learning "
-                        "rate or raise max_retain_drop)", self.name, self.config.max_retain_drop, result.steps)
+                        "rate or raise max_retain_drop)", self.name, getattr(cfg, "max_retain_drop", 0), result.steps)
+        self.fit_result_ = result
         return result
 
     def retain_guard(self, model: nn.Module, request: UnlearnRequest, sample: int = 1024) -> Guard | None:
         """A guard that fails once accuracy on a fixed retain sample drops ``max_retain_drop`` points below where
-        ``model`` starts; None when the guard is off or there is no retain data."""
+        ``model`` starts; None for unguarded methods, when the guard is off, or with no retain data."""
+        if not isinstance(self.config, GuardedConfig):
+            return None
         limit = self.config.max_retain_drop
         if limit >= 100 or len(request.retain) == 0:
             return None

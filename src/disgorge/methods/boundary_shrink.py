@@ -10,7 +10,7 @@ from torch import nn
 
 from ..train.loop import make_optimizer
 from ._tools import frozen_copy
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -28,7 +28,7 @@ class BoundaryShrink(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "labels", "adversarial"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """Boundary Shrink settings."""
 
         epochs: int = option(10, "passes over the forget set", low=1)
@@ -49,5 +49,5 @@ class BoundaryShrink(Method):
                 value = value + cfg.retain_weight * task.per_example_loss(m, next(retain_batches)).mean()
             return value
 
-        self.fit_result_ = self.fit(model, request, request.loader("forget"), loss, optimizer, epochs=cfg.epochs)
+        self.fit(model, request, request.loader("forget"), loss, optimizer, epochs=cfg.epochs)
         return model

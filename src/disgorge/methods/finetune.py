@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..train.loop import make_optimizer, mean_loss
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -23,7 +23,7 @@ class Finetune(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"retain"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """Fine-tuning settings."""
 
         epochs: int = option(10, "passes over the retain set", low=1)
@@ -31,6 +31,6 @@ class Finetune(Method):
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         optimizer = make_optimizer(model.parameters(), request.train, lr=self.config.lr)
-        self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
+        self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
                                     epochs=self.config.epochs)
         return model

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import FitResult, make_optimizer, mean_loss
+from ..train.loop import make_optimizer, mean_loss
 from ._tools import squared_gradients
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import BudgetConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -28,7 +28,7 @@ class Fisher(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"retain"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(BudgetConfig):
         """Fisher-forgetting settings."""
 
         alpha: float = option(1e-8, "noise scale: variance = alpha / Fisher", low=0)
@@ -46,10 +46,9 @@ class Fisher(Method):
                 if n in fisher:
                     std = (cfg.alpha / (fisher[n] + 1e-12)).sqrt().clamp(max=cfg.max_std)
                     p.add_(std * torch.randn(p.shape, generator=generator))
-        self.fit_result_ = FitResult(steps=0, stopped="done")
         if cfg.repair_epochs:
             optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
             # the noise already moved the model: the guard would measure from the noisy state, so it stays off
-            self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
+            self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
                                         epochs=cfg.repair_epochs, guard=False, description="fisher repair")
         return model

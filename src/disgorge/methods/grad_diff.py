@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..train.loop import make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -28,7 +28,7 @@ class GradDiff(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """NegGrad+ settings."""
 
         epochs: int = option(3, "passes over the retain set", low=1)
@@ -46,5 +46,5 @@ class GradDiff(Method):
             forget = task.per_example_loss(m, next(forget_batches)).clamp(max=cfg.forget_loss_cap).mean()
             return cfg.beta * retain - (1 - cfg.beta) * forget
 
-        self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
+        self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         return model

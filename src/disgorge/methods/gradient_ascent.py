@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..train.loop import make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -27,7 +27,7 @@ class GradientAscent(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """Gradient-ascent settings."""
 
         epochs: int = option(20, "passes over the forget set", low=1)
@@ -45,6 +45,6 @@ class GradientAscent(Method):
         def forgotten() -> bool:
             return task.quick_accuracy(model, request.forget) <= self.config.stop_accuracy
 
-        self.fit_result_ = self.fit(model, request, request.loader("forget"), ascent, optimizer,
+        self.fit(model, request, request.loader("forget"), ascent, optimizer,
                                     epochs=self.config.epochs, should_stop=forgotten)
         return model

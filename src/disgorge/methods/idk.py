@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.language import REFUSALS
-from ..tasks.causal_lm import texts
 from ..train.loop import make_optimizer
 from ._tools import frozen_copy, target_log_prob
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -33,7 +32,7 @@ class IDK(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "text"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """IDK settings."""
 
         epochs: int = option(3, "passes over the retain set (forget batches cycle alongside)", low=1)
@@ -51,7 +50,7 @@ class IDK(Method):
         optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
 
         def refused(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            picks = torch.randint(len(REFUSALS), (len(texts(batch, "answer")),), generator=generator).tolist()
+            picks = torch.randint(len(REFUSALS), (task.batch_size(batch),), generator=generator).tolist()
             return task.with_answers(batch, [REFUSALS[i] for i in picks])
 
         def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,5 +68,5 @@ class IDK(Method):
                 value = value + cfg.retain_weight * task.per_example_loss(m, retain_batch).mean()
             return value
 
-        self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
+        self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         return model

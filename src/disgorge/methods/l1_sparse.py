@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..train.loop import make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -26,7 +26,7 @@ class L1Sparse(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"retain"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """l1-sparse settings."""
 
         epochs: int = option(10, "passes over the retain set", low=1)
@@ -47,5 +47,5 @@ class L1Sparse(Method):
             l1 = sum(p.abs().sum() for p in m.parameters()) / n_weights
             return task.per_example_loss(m, batch).mean() + gamma * l1
 
-        self.fit_result_ = self.fit(model, request, loader, loss, optimizer, epochs=cfg.epochs)
+        self.fit(model, request, loader, loss, optimizer, epochs=cfg.epochs)
         return model

@@ -50,7 +50,7 @@ class Newton(Method):
         cg_iters: int = option(200, "conjugate-gradient iterations for H^-1 g", low=1)
         cg_tol: float = option(1e-9, "relative conjugate-gradient tolerance", low=0)
 
-    def check(self, request: UnlearnRequest) -> None:
+    def _check(self, request: UnlearnRequest) -> None:
         """Refuse unless the recipe has L2 weight decay (the objective must be strongly convex)."""
         if request.train.optimizer == "adamw":
             raise InvalidRequest("method 'newton' needs L2 regularisation in the objective; adamw's decoupled weight "
@@ -58,8 +58,6 @@ class Newton(Method):
         if request.train.weight_decay <= 0:
             raise InvalidRequest("method 'newton' needs a model trained with L2 regularisation "
                                  "(recipe train.weight_decay > 0) so that the objective is strongly convex")
-        if len(request.retain) == 0:
-            raise InvalidRequest("method 'newton' needs retain data and none is left")
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -12,12 +12,12 @@ from torch import nn
 
 from ..train.loop import make_optimizer
 from ._tools import frozen_copy, target_log_prob
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
 @dataclass
-class _PreferenceConfig(MethodConfig):
+class _PreferenceConfig(FineTuneConfig):
     epochs: int = option(3, "passes over the retain set", low=1)
     lr: float = lr_option(1e-3)
     beta: float = option(0.5, "inverse temperature of the preference loss", positive=True)
@@ -36,7 +36,7 @@ def _preference_fit(method: Method, model: nn.Module, request: UnlearnRequest,
             value = value + cfg.retain_weight * task.per_example_loss(m, retain_batch).mean()
         return value
 
-    method.fit_result_ = method.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
+    method.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
     return model
 
 

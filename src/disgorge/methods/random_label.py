@@ -10,8 +10,22 @@ import torch
 from torch import nn
 
 from ..train.loop import FitResult, make_optimizer
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, GuardedConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
+
+
+@dataclass
+class RandomLabelOptions:
+    """The random-label loop's own options, shared by ``random_label`` and ``salun``."""
+
+    epochs: int = option(2, "passes over the retain set", low=1)
+    lr: float = lr_option(1e-3)
+    forget_weight: float = option(0.3, "weight of the random-label forget loss", low=0)
+
+
+@dataclass
+class GuardedRandomLabelOptions(GuardedConfig, RandomLabelOptions):
+    """Random labelling's options for a parameter-level method (no LoRA, no forget span)."""
 
 
 @register
@@ -29,15 +43,11 @@ class RandomLabel(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "labels"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig, RandomLabelOptions):
         """Random-label settings."""
 
-        epochs: int = option(2, "passes over the retain set", low=1)
-        lr: float = lr_option(1e-3)
-        forget_weight: float = option(0.3, "weight of the random-label forget loss", low=0)
-
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
-        self.fit_result_ = random_label_fit(self, model, request)
+        random_label_fit(self, model, request)
         return model
 
 
@@ -45,7 +55,7 @@ def random_label_fit(method: Method, model: nn.Module, request: UnlearnRequest,
                      after_backward: Callable[[nn.Module], None] | None = None) -> FitResult:
     """The random-label loop, shared with SalUn (which masks the gradient via ``after_backward``)."""
     task, cfg = request.task, method.config
-    num_classes = int(request.data_info.get("num_classes") or int(request.forget.tensors["y"].max()) + 1)
+    num_classes = task.num_classes(request.data_info)
     generator = torch.Generator().manual_seed(request.seed + 7)
     forget_batches = request.cycle("forget")
     optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)

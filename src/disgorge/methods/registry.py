@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .._registry import Registry
+from ..errors import InvalidRequest
+from ..spec import tomllib
 from .base import Method, MethodConfig
 
 METHODS: Registry = Registry("method", "see `disgorge methods`")
 
 
+FINAL = ("check", "unlearn", "fit", "retain_guard")  # the contract every method shares; hooks are _check, _unlearn
+
+
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a method under its ``name``."""
+    """Class decorator: register a method under its ``name``, after checking it keeps the contract (class
+    attributes set, a dataclass ``Config`` extending :class:`MethodConfig`, the shared entry points not
+    overridden)."""
     for attr in ("name", "family", "summary", "paper"):
         if not getattr(cls, attr, None):
             raise TypeError(f"method class {cls.__name__} must define {attr!r}")
-    if not issubclass(cls.Config, MethodConfig):
-        raise TypeError(f"{cls.__name__}.Config must subclass MethodConfig")
+    if not issubclass(cls.Config, MethodConfig) or not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass extending MethodConfig")
+    overridden = [name for name in FINAL if getattr(cls, name) is not getattr(Method, name)]
+    if overridden:
+        raise TypeError(f"method class {cls.__name__} overrides {', '.join(overridden)}; override the hooks "
+                        "_check and _unlearn instead")
     return METHODS.register(cls.name)(cls)
 
 
@@ -27,9 +39,6 @@ def get_method(name: str, **options: Any) -> Method:
 
 def parse_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to options; values are read as TOML (numbers, booleans) or else kept as text."""
-    from ..errors import InvalidRequest
-    from ..train.recipe import tomllib
-
     options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -44,8 +53,6 @@ def parse_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def parse_variant(label: str) -> tuple[str, dict[str, Any]]:
     """A method with options written in one label, as the bench takes them: ``npo[lr=3e-4;forget_span=key]``."""
-    from ..errors import InvalidRequest
-
     name, bracket, rest = label.partition("[")
     if not bracket:
         return label, {}

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..train.loop import make_optimizer, mean_loss
 from ._tools import reinitialise
-from .base import Method, MethodConfig, UnlearnRequest
+from .base import BudgetConfig, Method, UnlearnRequest
 from .registry import register
 
 
@@ -27,12 +27,12 @@ class Retrain(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"retain"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(BudgetConfig):
         """Retraining takes its settings from the original recipe; only the time budget can be set."""
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         reinitialise(model)
         optimizer = make_optimizer(model.parameters(), request.train)
-        self.fit_result_ = self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
+        self.fit(model, request, request.loader("retain"), mean_loss(request.task), optimizer,
                                     epochs=request.train.epochs, guard=False)
         return model

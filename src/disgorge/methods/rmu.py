@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import InvalidRequest
 from ..train.loop import make_optimizer
 from ._tools import frozen_copy
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -31,7 +31,7 @@ class RMU(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "hidden_states"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """RMU settings."""
 
         epochs: int = option(3, "passes over the retain set (forget batches cycle alongside)", low=1)
@@ -44,7 +44,7 @@ class RMU(Method):
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         task, cfg = request.task, self.config
-        blocks = model.blocks()
+        blocks = task.blocks(model)
         layer = cfg.layer if cfg.layer >= 0 else len(blocks) + cfg.layer
         if not 0 <= layer < len(blocks):
             raise InvalidRequest(f"rmu: layer {cfg.layer} does not exist; the model has {len(blocks)} blocks")
@@ -79,7 +79,7 @@ class RMU(Method):
             return value
 
         try:
-            self.fit_result_ = self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
+            self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
         finally:
             for p in model.parameters():
                 p.requires_grad_(before[id(p)])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .base import Method, UnlearnRequest, option
-from .random_label import RandomLabel, random_label_fit
+from .random_label import GuardedRandomLabelOptions, random_label_fit
 from .registry import register
 
 
@@ -27,7 +27,7 @@ class SalUn(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "labels"})
 
     @dataclass
-    class Config(RandomLabel.Config):
+    class Config(GuardedRandomLabelOptions):
         """SalUn settings: random labelling's, plus the share of weights in the mask."""
 
         ratio: float = option(0.5, "share of weights in the saliency mask", low=0, high=1)
@@ -43,7 +43,7 @@ class SalUn(Method):
 
         # weight decay would move the masked-out weights after the gradient mask: switch it off here
         unmasked = dataclasses.replace(request, train=dataclasses.replace(request.train, weight_decay=0.0))
-        self.fit_result_ = random_label_fit(self, model, unmasked, after_backward=masked)
+        random_label_fit(self, model, unmasked, after_backward=masked)
         return model
 
     def saliency_mask(self, model: nn.Module, request: UnlearnRequest) -> dict[str, torch.Tensor]:

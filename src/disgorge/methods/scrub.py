@@ -11,7 +11,7 @@ from torch import nn
 
 from ..train.loop import make_optimizer
 from ._tools import distill_kl, frozen_copy
-from .base import Method, MethodConfig, UnlearnRequest, lr_option, option
+from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
 
@@ -28,7 +28,7 @@ class Scrub(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"forget", "retain", "logits"})
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(FineTuneConfig):
         """SCRUB settings."""
 
         epochs: int = option(5, "total epochs (max + min passes)", low=1)
@@ -53,7 +53,7 @@ class Scrub(Method):
             return cfg.alpha * kl + cfg.gamma * task.per_example_loss(m, batch).mean()
 
         schedule = _Schedule(request, cfg.epochs, cfg.max_epochs)
-        self.fit_result_ = self.fit(model, request, schedule, loss, optimizer, epochs=1)
+        self.fit(model, request, schedule, loss, optimizer, epochs=1)
         return model
 
 

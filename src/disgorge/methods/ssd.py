@@ -8,7 +8,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import FitResult
 from ._tools import squared_gradients
 from .base import Method, MethodConfig, UnlearnRequest, option
 from .registry import register
@@ -49,5 +48,4 @@ class SSD(Method):
                 p.mul_(torch.where(selected, factor, torch.ones_like(factor)))
                 changed += int(selected.sum())
         self.report_ = {"dampened_weights": changed}
-        self.fit_result_ = FitResult(steps=0, stopped="done")
         return model

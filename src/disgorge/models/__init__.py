@@ -1,9 +1,6 @@
 """Model families, the safetensors model store and model cards."""
 
-from .._registry import Registry
-
-MODELS: Registry = Registry("model family", "known model families: linear, mlp, cnn")
-
-from . import families  # noqa: E402,F401
+from . import families  # noqa: F401  (registers linear, mlp and cnn)
+from .registry import MODELS
 
 __all__ = ["MODELS"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import DisgorgeError
-from . import MODELS
+from .registry import MODELS
 
 
 class ModelConfigError(DisgorgeError):

@@ -8,16 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text
+from ..tasks import FigureSet, get_task
 
-COLUMNS = [("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia_efficacy", "MIA-eff."), ("effect", "effect"),
-           ("avg_gap", "Avg Gap"), ("time_ratio", "time / retrain"), ("forget_score", "F"),
-           ("final_score", "F x RA x TA"), ("ulira_auc", "U-LiRA AUC")]
-
-LM_COLUMNS = [("forget_accuracy", "forget acc."), ("retain_accuracy", "retain acc."),
-              ("test_accuracy", "held-out acc."), ("forget_quality", "forget quality"),
-              ("model_utility", "model utility"), ("forget_truth_ratio", "forget TR"), ("verbmem", "VerbMem"),
-              ("mia_mink", "Min-K% AUC"), ("privleak", "privleak"), ("avg_gap", "Avg Gap"),
-              ("time_ratio", "time / retrain")]
+BENCH_COLUMNS = (("avg_gap", "Avg Gap"), ("time_ratio", "time / retrain"))
+"""Columns every scenario's table has after its task's figures (``FigureSet.bench``)."""
+STRONG_COLUMNS = (("forget_score", "F"), ("final_score", "F x RA x TA"), ("ulira_auc", "U-LiRA AUC"))
+"""Columns of the per-example (strong) test, shown for scenarios whose results have it."""
+_DIGITS = {"time_ratio": 3, "forget_score": 3, "final_score": 3, "forget_quality": 3, "model_utility": 3,
+           "forget_truth_ratio": 3}  # decimals where 2 are too few (ratios and 0..1 figures); 2 elsewhere
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -28,28 +26,42 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _task_name(result: dict[str, Any]) -> str:
+    # results written before the bench recorded the task are all classification results
+    return result.get("task", "classification")
+
+
 def _is_lm(result: dict[str, Any]) -> bool:
-    return result.get("task") == "causal_lm"
+    return _task_name(result) == "causal_lm"
+
+
+def figure_set(result: dict[str, Any]) -> FigureSet:
+    """The figures of the task a scenario's results come from (``result["task"]``)."""
+    return get_task(_task_name(result)).figures
+
+
+def columns(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of one scenario's table columns: its task's bench figures, Avg Gap and the time ratio, and the
+    strong test's F, final score and U-LiRA AUC where it ran."""
+    return [*figure_set(result).bench, *BENCH_COLUMNS, *(STRONG_COLUMNS if result.get("strong") else ())]
 
 
 def scenario_table(result: dict[str, Any]) -> list[str]:
     """Markdown rows of one scenario, the original and the reference first, then methods by Avg Gap (classifiers)
     or by forget quality (language models; read it beside retain accuracy)."""
     rows = result["rows"]
-    columns = LM_COLUMNS if _is_lm(result) else COLUMNS
+    cols = columns(result)
     fixed = [r for r in rows if r["method"] in ("original", "reference")]
     order = (lambda r: -(r.get("forget_quality") or 0)) if _is_lm(result) else (lambda r: r["avg_gap"])
     ranked = sorted((r for r in rows if r["method"] not in ("original", "reference") and "refused" not in r),
                     key=order)
-    lines = ["| method | " + " | ".join(label for _, label in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| method | " + " | ".join(label for _, label in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
     for r in fixed + ranked:
-        digits = {"time_ratio": 3, "forget_score": 3, "final_score": 3, "forget_quality": 3, "model_utility": 3,
-                  "forget_truth_ratio": 3}
-        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(k), digits.get(k, 2)) for k, _ in columns) + " |")
+        lines.append(f"| {r['method']} | " + " | ".join(_fmt(r.get(k), _DIGITS.get(k, 2)) for k, _ in cols) + " |")
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['method']} | refused: {r['refused']} |" + " |" * (len(columns) - 1))
+            lines.append(f"| {r['method']} | refused: {r['refused']} |" + " |" * (len(cols) - 1))
     return lines
 
 
@@ -134,19 +146,23 @@ def lm_targets(result: dict[str, Any], rows: dict[str, dict[str, Any]], methods:
             f"{best['verbmem']:.1f} vs {ref['verbmem']:.1f}, {best['time_ratio']:.3f} of retraining).", *notes]
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Avg Gap against time ratio, one panel per scenario (PNG)."""
+def plot(results: list[dict[str, Any]], path: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """Avg Gap against time ratio, one panel per scenario (PNG); returns the points drawn, per scenario and method,
+    as (time ratio, Avg Gap) read back from the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.5), squeeze=False)
+    drawn: dict[str, dict[str, tuple[float, float]]] = {}
     for ax, result in zip(axes[0], results, strict=True):
+        points = drawn.setdefault(result["scenario"], {})
         rows = [r for r in result["rows"] if "refused" not in r and r.get("time_ratio") is not None
                 and r["method"] != "reference"]
         for r in rows:
-            ax.scatter(r["time_ratio"], r["avg_gap"], s=30)
+            x, y = ax.scatter(r["time_ratio"], r["avg_gap"], s=30).get_offsets()[0]
+            points[r["method"]] = (float(x), float(y))
             ax.annotate(r["method"], (r["time_ratio"], r["avg_gap"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         orig = next(r for r in result["rows"] if r["method"] == "original")
@@ -160,6 +176,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return drawn
 
 
 def write_report(results_dir: Path, report: Path, *, command: str, machine: dict[str, Any]) -> None:

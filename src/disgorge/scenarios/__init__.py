@@ -1,13 +1,14 @@
 """Bundled scenarios: real data shipped inside installed packages, nothing downloaded at run time."""
 
-from .._registry import Registry
+from __future__ import annotations
 
-SCENARIOS: Registry = Registry("scenario", "see `disgorge scenarios`")
-
-from .base import Scenario, SourceData  # noqa: E402
-from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent  # noqa: E402
-from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini  # noqa: E402
-from .mnist import MNIST  # noqa: E402
+from ..evaluate.probes import Probe
+from ..workspace import Workspace
+from .base import Scenario, SourceData
+from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent
+from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini
+from .mnist import MNIST
+from .registry import SCENARIOS
 
 
 def get_scenario(name: str) -> Scenario:
@@ -15,5 +16,12 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS.get(name)()
 
 
+def workspace_probes(ws: Workspace) -> list[Probe]:
+    """The effect probes of the bundled scenario a workspace holds (none for a workspace of users' files)."""
+    name = ws.scenario
+    return get_scenario(name).probes() if name in SCENARIOS else []
+
+
 __all__ = ["MNIST", "SCENARIOS", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
-           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SourceData", "get_scenario"]
+           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SourceData", "get_scenario",
+           "workspace_probes"]

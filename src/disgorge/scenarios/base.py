@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pyroaring import BitMap
-from torch import nn
 
+from ..evaluate.probes import Probe
 from ..ledger import NewRecord
-from ..tasks import RecordDataset, Task
-from ..train.recipe import Recipe
+from ..spec import Recipe
+from ..workspace import Workspace
 
 
 @dataclass
@@ -26,12 +26,10 @@ class SourceData:
 
 
 class Scenario(ABC):
-    """A bundled case: its sources, a default recipe, the default erasure request and an effect probe."""
+    """A bundled case: its sources, a default recipe, the default erasure request and its effect probes."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    effect_name: ClassVar[str | None] = None
-    effect_help: ClassVar[str] = ""
     bench_methods: ClassVar[tuple[str, ...] | None] = None  # the methods `disgorge bench` runs here (None: all)
     strong_test: ClassVar[bool] = True  # whether the bench runs the per-example test (K retrainings) here
 
@@ -47,12 +45,10 @@ class Scenario(ABC):
     def forget_selector(self) -> dict[str, Any]:
         """The default erasure request: ``{"sources": [...]}`` or ``{"records": [...]}``."""
 
-    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+    def forget_ids(self, ws: Workspace, seed: int = 0) -> BitMap:
         """Record ids of the default erasure request in workspace ``ws`` (``seed`` for random requests)."""
-        from ..erasure import select
+        return ws.select(**self.forget_selector(), seed=seed)
 
-        return select(ws, **self.forget_selector(), seed=seed)
-
-    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
-        """The scenario's effect probe on held-out data (percent), or None when it has none."""
-        return None
+    def probes(self) -> list[Probe]:
+        """The behaviours verification measures on this scenario's models, the main effect first (none here)."""
+        return []

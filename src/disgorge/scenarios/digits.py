@@ -10,11 +10,13 @@ import torch
 from pyroaring import BitMap
 from torch import nn
 
+from ..evaluate.probes import Probe, share_predicted
 from ..ledger import NewRecord
+from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..tasks import RecordDataset, Task
-from ..train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
-from . import SCENARIOS
+from ..workspace import Workspace
 from .base import Scenario, SourceData
+from .registry import SCENARIOS
 
 N_CONTRIBUTORS = 20
 LICENSE = "CC-BY-4.0"
@@ -98,12 +100,28 @@ def add_trigger(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 FORGOTTEN_CLASS = 3
 
 
-@torch.no_grad()
-def share_predicted(model: nn.Module, x: torch.Tensor, cls: int) -> float:
-    """Percent of inputs ``x`` that ``model`` classifies as ``cls``."""
-    model.eval()
-    pred = torch.cat([model(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
-    return float((pred == cls).float().mean() * 100)
+class ForgottenClassAccuracy(Probe):
+    """Accuracy on held-out images of the class that must be forgotten."""
+
+    name: ClassVar[str] = "forgotten_class_accuracy"
+    help: ClassVar[str] = "accuracy on held-out images of the forgotten class, in percent"
+
+    def measure(self, model: nn.Module, task: Task, heldout: RecordDataset) -> float | None:
+        """Share of held-out images of the forgotten class classified as that class."""
+        x, y = heldout.tensors["x"], heldout.tensors["y"]
+        return share_predicted(model, task, x[y == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
+
+
+class BackdoorSuccess(Probe):
+    """The backdoor's attack success rate."""
+
+    name: ClassVar[str] = "attack_success_rate"
+    help: ClassVar[str] = "share of triggered test images (true class not 0) classified as 0, in percent"
+
+    def measure(self, model: nn.Module, task: Task, heldout: RecordDataset) -> float | None:
+        """Share of triggered held-out images whose true class is not the target that go to the target."""
+        x, y = heldout.tensors["x"], heldout.tensors["y"]
+        return share_predicted(model, task, add_trigger(x[y != TARGET]), TARGET)
 
 
 @SCENARIOS.register("digits-classwise")
@@ -113,22 +131,20 @@ class DigitsClasswise(_Digits):
     name: ClassVar[str] = "digits-classwise"
     description: ClassVar[str] = ("scikit-learn digits; forget every training image of class 3 (class-wise "
                                   "forgetting). The model must stop recognising 3s, as if it never saw one.")
-    effect_name: ClassVar[str | None] = "forgotten_class_accuracy"
-    effect_help: ClassVar[str] = "accuracy on held-out images of the forgotten class, in percent"
 
     def forget_selector(self) -> dict[str, Any]:
         """Not a source: see :meth:`forget_ids`."""
         return {}
 
-    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+    def forget_ids(self, ws: Workspace, seed: int = 0) -> BitMap:
         """Every live training record labelled with the forgotten class."""
         ids = ws.ledger.record_ids(split="train")
         return BitMap(r.id for r in ws.ledger.records(ids)
                       if r.fields is not None and int(r.fields["y"][0]) == FORGOTTEN_CLASS)
 
-    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
+    def probes(self) -> list[Probe]:
         """Accuracy on held-out images of the forgotten class."""
-        return share_predicted(model, test.tensors["x"][test.tensors["y"] == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
+        return [ForgottenClassAccuracy()]
 
 
 @SCENARIOS.register("digits-backdoor")
@@ -138,14 +154,12 @@ class DigitsBackdoor(_Digits):
     name: ClassVar[str] = "digits-backdoor"
     description: ClassVar[str] = ("scikit-learn digits dealt to 20 contributors; contributor-07 poisons theirs with "
                                   "a 2x2 corner trigger relabelled to 0. Remove the backdoor.")
-    effect_name: ClassVar[str | None] = "attack_success_rate"
-    effect_help: ClassVar[str] = "share of triggered test images (true class not 0) classified as 0, in percent"
 
     def _transform(self, x: np.ndarray, y: int, contributor: int) -> tuple[np.ndarray, int]:
         if contributor == self.withdrawn:
             return add_trigger(x), TARGET
         return x, y
 
-    def effect(self, model: nn.Module, task: Task, test: RecordDataset) -> float | None:
-        """Attack success rate on triggered held-out images whose true class is not the target."""
-        return share_predicted(model, add_trigger(test.tensors["x"][test.tensors["y"] != TARGET]), TARGET)
+    def probes(self) -> list[Probe]:
+        """The attack success rate on triggered held-out images."""
+        return [BackdoorSuccess()]

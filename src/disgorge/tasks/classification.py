@@ -12,10 +12,11 @@ from torch import nn
 
 from ..errors import InvalidRequest
 from ..ledger import Record
-from ..models import MODELS
-from ..train.recipe import ModelSpec
-from . import TASKS
+from ..models.families import family_config
+from ..models.registry import MODELS
+from ..spec import ModelSpec
 from .base import Batch, RecordDataset, Task
+from .registry import TASKS
 
 
 @TASKS.register("classification")
@@ -46,6 +47,15 @@ class ClassificationTask(Task):
             raise InvalidRequest(f"records have different input shapes {sorted(shapes)}; they cannot share a model")
         x = torch.from_numpy(np.stack(xs).astype(np.float32))
         return RecordDataset([r.id for r in records], x=x, y=torch.tensor(ys, dtype=torch.long))
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """The family must be registered and its parameters valid."""
+        family = MODELS.get(spec.family)
+        family_config(family.name, family.config, spec.params)
+
+    def num_classes(self, info: dict[str, Any]) -> int:
+        """The number of classes recorded in the model's data facts."""
+        return int(info["num_classes"])
 
     def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
         """Build the recipe's model family for this input shape and class count."""

@@ -1,7 +1,5 @@
-"""Recipes and the one reproducible training loop."""
+"""The one reproducible training loop, and training a recipe's network on a dataset."""
 
 from .loop import FitResult, NonFiniteLoss, fit, make_optimizer, mean_loss
-from .recipe import DataSpec, ModelSpec, Recipe, RecipeError, TrainSpec
 
-__all__ = ["DataSpec", "FitResult", "ModelSpec", "NonFiniteLoss", "Recipe", "RecipeError", "TrainSpec", "fit",
-           "make_optimizer", "mean_loss"]
+__all__ = ["FitResult", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss"]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .. import _progress
 from ..errors import DisgorgeError
-from .recipe import TrainSpec
+from ..spec import TrainSpec
 
 log = logging.getLogger(__name__)
 

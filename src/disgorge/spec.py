@@ -1,4 +1,10 @@
-"""Recipes: TOML files that fully determine a training run."""
+"""Recipes: TOML files that fully determine a training run.
+
+The spec dataclasses sit at the bottom of the package: they import neither torch nor any other layer, so every
+layer (tasks, training, the workspace, the command line) can read and check a recipe. Names that only a registry
+knows (the task, the model family and its parameters) are checked where the recipe is used: see
+:func:`disgorge.tasks.check_recipe`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,8 @@ from typing import Any
 
 import tomli_w
 
-from .._io import sha256_bytes
-from ..errors import DisgorgeError
+from ._io import sha256_bytes
+from .errors import DisgorgeError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,9 +86,8 @@ class Recipe:
             raise RecipeError("recipe needs a non-empty `name`")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise RecipeError(f"recipe `seed` must be a non-negative integer, got {self.seed!r}")
-        from ..tasks import TASKS
-
-        TASKS.get(self.task)
+        if not isinstance(self.task, str) or not self.task:
+            raise RecipeError(f"recipe `task` must be a task name, got {self.task!r}")
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,7 @@
+"""The one registry of tasks (domain adapters), found by name."""
+
+from __future__ import annotations
+
+from .._registry import Registry
+
+TASKS: Registry = Registry("task", "known tasks: classification, causal_lm")
