@@ -351,7 +351,7 @@ def test_language_model_forget_and_verify_end_to_end(tmp_path: Path) -> None:
     model = TRAINED.search(ok(run("train", recipe, "-w", ws)).stdout).group(1)
     forgotten = ["person-038", "person-039"]
     refused = fail(run("forget", "--source", "person-038", "--method", "ssd", "--lora", "4", "-w", ws))
-    assert "lora_rank" in refused and "not a fine-tune method" in refused
+    assert "unknown option(s) lora_rank" in refused
     proc = ok(run("forget", *[a for s in forgotten for a in ("--source", s)], "--method", "npo", "--accept-failed",
                   "--defer-erase", "-w", ws))
     request, n, _, method, parent, child = FORGOT.search(proc.stdout).groups()

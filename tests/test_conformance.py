@@ -17,6 +17,7 @@ from disgorge import METHODS, Recipe, Workspace, get_method, train
 from disgorge.evaluate import accuracy
 from disgorge.methods import MethodConfig, UnlearnRequest
 from disgorge.scenarios import get_scenario
+from disgorge.train import FitResult
 
 RETAIN_TOLERANCE = 0.90  # unlearned retain accuracy >= 90% of the original's
 EFFECT_DROP = 10.0  # the attack success rate must fall by at least this many points
@@ -100,8 +101,11 @@ def test_conformance(cases, name):
     """Deterministic, non-mutating, the backdoor drops and retain accuracy holds, at default settings."""
     model, request, test = _case(cases, name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    first = get_method(name, **OVERRIDES.get(name, {})).unlearn(model, request)
+    method = get_method(name, **OVERRIDES.get(name, {}))
+    first = method.unlearn(model, request)
     second = get_method(name, **OVERRIDES.get(name, {})).unlearn(model, request)
+    # the learned attributes are set by every method, whether or not it runs the training loop
+    assert isinstance(method.fit_result_, FitResult) and isinstance(method.report_, dict) and method.seconds_ > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input model was mutated"
     assert _same(first, second), "same seed gave different weights"
     assert not _same(first, model), "the method changed nothing"

@@ -175,12 +175,12 @@ def test_failed_verification_aborts_unless_accepted(backdoor_ws, trained_id):
 def test_auto_keeps_the_method_closest_to_retraining(backdoor_ws, trained_id):
     """--method auto tries every suitable method and keeps the smallest Avg Gap, recording the comparison.
 
-    Each candidate runs under a wall-clock budget, so which one wins depends on the machine: only what holds
-    whatever the timing is checked (accept_failed, so that a slow machine's winner is kept to be inspected)."""
+    Each candidate also runs under a wall-clock budget, so which one wins may depend on the machine: only what holds
+    whatever the timing is checked (accept_failed keeps a winner that fails its checks; max_steps keeps it short)."""
     from disgorge.erasure import auto_candidates
 
     ws = backdoor_ws
-    result = forget(ws, sources=["contributor-07"], method="auto", accept_failed=True)
+    result = forget(ws, sources=["contributor-07"], method="auto", options={"max_steps": 5}, accept_failed=True)
     (child,) = result.children
     cert = result.certificates[0]
     auto = cert["auto"]
@@ -188,7 +188,7 @@ def test_auto_keeps_the_method_closest_to_retraining(backdoor_ws, trained_id):
     assert [t["method"] for t in tried] == auto_candidates()
     assert {"grad_diff", "ssd", "scrub", "newton"} <= set(auto_candidates()) and "retrain" not in auto_candidates()
     (newton,) = [t for t in tried if t["method"] == "newton"]
-    assert "linear model" in newton["skipped"], "newton cannot serve an MLP"
+    assert "newton" in newton["skipped"] and "avg_gap" not in newton, "newton cannot serve this MLP"
     ran = [t for t in tried if "skipped" not in t]
     assert ran and all(t["seconds"] > 0 for t in ran)
     # the first candidate with the smallest Avg Gap is kept, with its own certificate

@@ -13,7 +13,7 @@ from torch import nn
 
 from disgorge import get_method
 from disgorge.errors import InvalidRequest
-from disgorge.methods import UnlearnRequest
+from disgorge.methods import ConfigError, UnlearnRequest
 from disgorge.tasks import RecordDataset, get_task
 from disgorge.tasks.causal_lm import texts, words
 
@@ -124,11 +124,12 @@ def test_lora_npo_merges_adapters_into_the_same_architecture(problem):
     assert _accuracy(request.task, out, request.retain) >= 0.85 * problem.retain_accuracy
 
 
-@pytest.mark.parametrize("name", ["ssd", "retrain"])
-def test_lora_rank_is_refused_outside_fine_tune_methods(problem, name):
-    """lora_rank only applies to fine-tune methods; other families refuse it before doing any work."""
-    with pytest.raises(InvalidRequest, match="not a fine-tune method"):
-        get_method(name, lora_rank=4).unlearn(problem.model, problem.request)
+@pytest.mark.parametrize("name", ["ssd", "retrain", "salun", "newton"])
+def test_lora_rank_is_refused_outside_fine_tune_methods(name):
+    """lora_rank and forget_span are options of fine-tune methods only; other families do not take them."""
+    for option, value in (("lora_rank", 4), ("forget_span", "key")):
+        with pytest.raises(ConfigError, match=f"unknown option\\(s\\) {option}"):
+            get_method(name, **{option: value})
 
 
 @pytest.mark.parametrize(("name", "capability"), [("rmu", "hidden_states"), ("idk", "text")])

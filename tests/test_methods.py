@@ -49,6 +49,88 @@ def test_config_is_validated_and_round_trips_toml():
         get_method("finetune", epochs=1.5)
 
 
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("simnpo", {"delta": "abc"}, "option delta must be a number"),
+    ("grad_diff", {"max_steps": 1.5}, "option max_steps must be an integer"),
+    ("grad_diff", {"max_seconds": "soon"}, "option max_seconds must be a number"),
+    ("grad_diff", {"lr": float("nan")}, "option lr must be a number \\(finite\\)"),
+    ("grad_diff", {"epochs": True}, "option epochs must be an integer"),
+    ("grad_diff", {"forget_span": 3}, "option forget_span must be a string"),
+    ("idk", {"loss": "kto"}, "option loss must be one of nll, dpo"),
+    ("ssd", {"max_steps": 10}, "unknown option\\(s\\) max_steps"),
+    ("newton", {"forget_span": "key"}, "unknown option\\(s\\) forget_span"),
+    ("retrain", {"max_retain_drop": 3.0}, "unknown option\\(s\\) max_retain_drop"),
+])
+def test_options_are_checked_against_their_declared_types_and_family(name, options, message):
+    """Every option is checked against its field's declared type (not only those with a range), and a method takes
+    only its family's options: budgets for loop methods, the guard for guarded ones, spans and LoRA for fine-tuning."""
+    with pytest.raises(ConfigError, match=message):
+        get_method(name, **options)
+
+
+def test_float_options_accept_integers_as_floats():
+    """A float option given as an integer (as TOML and the command line read `lr=1`) is stored as a float."""
+    cfg = get_method("grad_diff", lr=1, max_seconds=2).config
+    assert isinstance(cfg.lr, float) and isinstance(cfg.max_seconds, float)
+
+
+def test_method_contract_is_enforced_at_registration():
+    """A method class that overrides the shared check or unlearn, or whose Config is not a MethodConfig dataclass,
+    is refused when it registers."""
+    from disgorge.methods import FineTuneConfig, Method, register
+
+    class Sneaky(Method):
+        name, family, summary, paper = "sneaky", "fine-tune", "skips the checks", "none"
+        Config = FineTuneConfig
+
+        def check(self, request):
+            return None
+
+        def _unlearn(self, model, request):
+            return model
+
+    with pytest.raises(TypeError, match="overrides check"):
+        register(Sneaky)
+
+    class Untyped(Method):
+        name, family, summary, paper = "untyped", "fine-tune", "plain config", "none"
+        Config = dict
+
+        def _unlearn(self, model, request):
+            return model
+
+    with pytest.raises(TypeError, match="Config must be a dataclass extending MethodConfig"):
+        register(Untyped)
+    assert "sneaky" not in METHODS and "untyped" not in METHODS
+
+
+def test_a_method_file_cannot_vanish(tmp_path, monkeypatch):
+    """Method files are discovered: a module defining an unregistered method class, or none at all, stops the
+    import with an error naming it, instead of silently missing from the registry."""
+    import sys
+
+    from disgorge.methods import discover
+
+    package = tmp_path / "fake_methods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_helpers.py").write_text("X = 1\n")  # helpers start with an underscore and are skipped
+    (package / "forgotten.py").write_text(
+        "from disgorge.methods import FineTuneConfig, Method\n\n\n"
+        "class Forgotten(Method):\n"
+        "    name, family, summary, paper = 'forgotten', 'fine-tune', 'never registered', 'none'\n"
+        "    Config = FineTuneConfig\n\n"
+        "    def _unlearn(self, model, request):\n"
+        "        return model\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"Forgotten in fake_methods\.forgotten is not registered"):
+        discover("fake_methods", [str(package)])
+    (package / "forgotten.py").write_text("VALUE = 2\n")
+    sys.modules.pop("fake_methods.forgotten", None)
+    with pytest.raises(ImportError, match=r"fake_methods\.forgotten defines no method"):
+        discover("fake_methods", [str(package)])
+
+
 @pytest.mark.parametrize("name", ["finetune", "gradient_ascent", "grad_diff"])
 def test_method_lowers_backdoor_and_keeps_retain_accuracy(problem, name):
     """At default settings, each approximate method cuts the attack success rate and holds retain accuracy."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from disgorge.evaluate import accuracy, avg_gap, mia_auc, mia_efficacy
+from disgorge.tasks.base import CLASSIFICATION_FIGURES
 
 
 def test_accuracy_in_percent():
@@ -90,4 +91,4 @@ def test_avg_gap_is_mean_absolute_difference():
     """Avg Gap averages |method - reference| over UA, RA, TA and MIA-efficacy."""
     ref = {"ua": 5.0, "ra": 100.0, "ta": 94.0, "mia_efficacy": 12.0}
     method = {"ua": 7.0, "ra": 99.0, "ta": 95.0, "mia_efficacy": 8.0, "effect": 50.0}
-    assert avg_gap(method, ref) == pytest.approx((2 + 1 + 1 + 4) / 4)
+    assert avg_gap(method, ref, CLASSIFICATION_FIGURES.gap) == pytest.approx((2 + 1 + 1 + 4) / 4)

@@ -10,7 +10,7 @@ from typing import Any
 from .data import load_file
 from .erasure import ForgetResult, VerificationFailed, ensure_reference, forget
 from .errors import InvalidRequest
-from .evaluate.verify import Thresholds, certify, write_certificate
+from .evidence.certificate import Thresholds, certify, write_certificate
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import api
 from .errors import DisgorgeError, InvalidRequest
-from .evaluate.verify import figure_rows
+from .evidence.certificate import figure_rows
 from .workspace import Workspace
 
 app = typer.Typer(help="Trace, audit, unlearn and verify what a trained model learned from which data.",

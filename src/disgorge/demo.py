@@ -11,7 +11,7 @@ from typing import Any
 from ._io import atomic_write_text
 from .api import forget, ingest_scenario, train
 from .errors import DisgorgeError
-from .evaluate.verify import render_markdown
+from .evidence.certificate import render_markdown
 from .scenarios import get_scenario
 from .workspace import STATE_DIR, Workspace
 

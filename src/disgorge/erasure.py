@@ -21,8 +21,8 @@ from pyroaring import BitMap
 from torch import nn
 
 from .errors import DisgorgeError, InvalidRequest
-from .evaluate.probes import Probe
-from .evaluate.verify import Thresholds, certify, write_certificate
+from .evidence.certificate import Thresholds, certify, write_certificate
+from .evidence.probes import Probe
 from .ledger import ModelRow
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes

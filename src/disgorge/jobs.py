@@ -13,7 +13,7 @@ from pyroaring import BitMap
 from .errors import InvalidRequest
 from .evaluate.metrics import accuracy
 from .evaluate.strong import strong_scores
-from .evaluate.verify import measure, measure_reference
+from .evidence.certificate import measure, measure_reference
 from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant

@@ -95,16 +95,13 @@ def load_npz(path: str | Path, *, split: str = "train") -> list[NewRecord]:
             for i in range(len(x))]
 
 
-TEXT_FIELDS = ("text", "prompt", "answer", "key", "paraphrase", "perturbed")
-
-
 def load_jsonl(path: str | Path, *, attributes: Sequence[str] = (), split: str = "train") -> list[NewRecord]:
     """One JSON object per line for the ``causal_lm`` task: a document ``{"text": ...}`` or a question
     ``{"prompt": ..., "answer": ...}`` with optional ``key``, ``paraphrase`` and ``perturbed`` (a list of wrong
     answers); ``attributes`` names keys kept as group attributes."""
     import json
 
-    from ..tasks.causal_lm import text_field
+    from ..tasks.causal_lm import TEXT_FIELDS, text_field
 
     p = Path(path)
     try:

@@ -148,8 +148,9 @@ def verbmem(scores: np.ndarray) -> float:
 
 
 def answer_probability(mean_nll: np.ndarray) -> np.ndarray:
-    """Length-normalised answer probability ``exp(-mean token NLL)``, elementwise."""
-    return np.exp(-np.asarray(mean_nll, dtype=float))
+    """Length-normalised answer probability ``exp(-mean token NLL)``, elementwise (a float input keeps its dtype)."""
+    nll = np.asarray(mean_nll)
+    return np.exp(-(nll if np.issubdtype(nll.dtype, np.floating) else nll.astype(float)))
 
 
 def _question_arrays(true_mean_nll: np.ndarray, false_mean_nll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

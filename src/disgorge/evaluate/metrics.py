@@ -11,14 +11,12 @@ where HIGHER means MORE LIKELY A MEMBER, members the positive class. The classif
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
-
-GAP_KEYS = ("ua", "ra", "ta", "mia_efficacy")
 
 
 def accuracy(correct: np.ndarray) -> float:
@@ -62,8 +60,9 @@ def _drop_nan(values: np.ndarray) -> np.ndarray:
     return arr[~np.isnan(arr)]
 
 
-def avg_gap(method: Mapping[str, float], reference: Mapping[str, float], keys: tuple[str, ...] = GAP_KEYS) -> float:
-    """Mean absolute difference to the retrained reference over UA, RA, TA and MIA-efficacy."""
+def avg_gap(method: Mapping[str, float], reference: Mapping[str, float], keys: Sequence[str]) -> float:
+    """Mean absolute difference to the retrained reference over ``keys``, a task's ``FigureSet.gap`` (UA, RA, TA
+    and MIA-efficacy for classifiers)."""
     return float(np.mean([abs(method[k] - reference[k]) for k in keys]))
 
 

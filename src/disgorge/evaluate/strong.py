@@ -19,8 +19,9 @@ import warnings
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+
+from .metrics import mia_auc
 
 DELTA = 0.01
 BIN_WIDTH = 0.5
@@ -107,14 +108,13 @@ def ulira_auc(unlearned: np.ndarray, retrained: np.ndarray) -> float:
     k_u, k_r = unlearned.shape[0], retrained.shape[0]
     if k_u < 3 or k_r < 3:
         raise ValueError("U-LiRA needs at least 3 unlearned and 3 retrained models")
-    scores, labels = [], []
-    for target_set, label in ((unlearned, 1), (retrained, 0)):
+    scores: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    for target_set, is_unlearned in ((unlearned, True), (retrained, False)):
         for i in range(target_set.shape[0]):
-            u = np.delete(unlearned, i, axis=0) if label == 1 else unlearned
-            r = np.delete(retrained, i, axis=0) if label == 0 else retrained
-            scores.append(_log_gauss(target_set[i], u) - _log_gauss(target_set[i], r))
-            labels.append(np.full(target_set.shape[1], label))
-    return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)) * 100)
+            u = np.delete(unlearned, i, axis=0) if is_unlearned else unlearned
+            r = np.delete(retrained, i, axis=0) if not is_unlearned else retrained
+            scores[is_unlearned].append(_log_gauss(target_set[i], u) - _log_gauss(target_set[i], r))
+    return mia_auc(np.concatenate(scores[True]), np.concatenate(scores[False]))
 
 
 def _log_gauss(x: np.ndarray, sample: np.ndarray) -> np.ndarray:

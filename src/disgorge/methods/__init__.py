@@ -26,11 +26,12 @@ from .registry import METHODS, get_method, register
 _NOT_METHODS = {"base", "registry"}
 
 
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
+def discover(package: str, path: list[str]) -> None:
+    """Import every method module of ``package`` (found on ``path``) and check each registers what it defines."""
+    for info in pkgutil.iter_modules(path):
         if info.name.startswith("_") or info.name in _NOT_METHODS:
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+        module = importlib.import_module(f"{package}.{info.name}")
         defined = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
                    if issubclass(cls, Method) and cls.__module__ == module.__name__ and not inspect.isabstract(cls)]
         if not defined:
@@ -41,7 +42,7 @@ def _discover() -> None:
                                   "decorate it with @register")
 
 
-_discover()
+discover(__name__, list(__path__))
 
 __all__ = ["METHODS", "BudgetConfig", "ConfigError", "FineTuneConfig", "GuardedConfig", "Method", "MethodConfig",
-           "UnlearnRequest", "get_method", "option", "register"]
+           "UnlearnRequest", "discover", "get_method", "option", "register"]

@@ -1,1 +1,1 @@
-"""Reports: the benchmark table and plot (certificates are written by ``evaluate.verify``)."""
+"""Reports: the benchmark table and plot (certificates are written by ``evidence.certificate``)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..evaluate.probes import Probe
+from ..evidence.probes import Probe
 from ..workspace import Workspace
 from .base import Scenario, SourceData
 from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent

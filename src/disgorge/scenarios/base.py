@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pyroaring import BitMap
 
-from ..evaluate.probes import Probe
+from ..evidence.probes import Probe
 from ..ledger import NewRecord
 from ..spec import Recipe
 from ..workspace import Workspace

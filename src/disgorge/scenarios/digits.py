@@ -10,7 +10,7 @@ import torch
 from pyroaring import BitMap
 from torch import nn
 
-from ..evaluate.probes import Probe, share_predicted
+from ..evidence.probes import Probe, share_predicted
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..tasks import RecordDataset, Task

@@ -92,6 +92,22 @@ class Task(ABC):
         """Tensors for these records."""
 
     @abstractmethod
+    def user_records(self, data: Any, first_id: int = 0) -> list[Record]:
+        """A user's own data, given outside any ledger, as records numbered from ``first_id`` (each task says
+        which forms it takes); a one-line error for data it cannot read."""
+
+    def user_dataset(self, data: Any, first_id: int = 0) -> RecordDataset:
+        """A user's own data as tensors for this task (a :class:`RecordDataset` is taken as it is)."""
+        if isinstance(data, RecordDataset):
+            return data
+        return self.dataset(self.user_records(data, first_id))
+
+    def model_info(self, model: nn.Module, data: RecordDataset) -> dict[str, Any]:
+        """The data facts (:meth:`data_info`) of a model built outside disgorge, read from the model where the data
+        cannot tell (a classifier's class count)."""
+        return self.data_info(data)
+
+    @abstractmethod
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse, with a one-line error, a model family or parameters this task cannot build (nothing is built)."""
 

@@ -25,6 +25,7 @@ from .base import Batch, FigureSet, RecordDataset, Task
 from .registry import TASKS
 
 TEXT_COLUMNS = ("prompt", "answer", "key", "paraphrase", "perturbed")
+TEXT_FIELDS = ("text", *TEXT_COLUMNS)  # the fields a language record may hold (a document's ``text`` or a question)
 LM_FIGURES = FigureSet(
     keys=("forget_accuracy", "retain_accuracy", "test_accuracy", "forget_quality", "model_utility",
           "forget_truth_ratio", "retain_truth_ratio", "forget_prob", "retain_prob", "forget_rouge", "retain_rouge",
@@ -42,8 +43,9 @@ LM_FIGURES = FigureSet(
     units="Accuracies, verbatim memorisation, MIA AUCs and privleak in percent; probabilities, ROUGE-L, truth "
           "ratios, forget quality and model utility from 0 to 1.",
     bench=(("forget_accuracy", "forget acc."), ("retain_accuracy", "retain acc."), ("test_accuracy", "held-out acc."),
-           ("forget_quality", "forget quality"), ("model_utility", "model utility"), ("forget_truth_ratio", "forget TR"),
-           ("verbmem", "VerbMem"), ("mia_mink", "Min-K% AUC"), ("privleak", "privleak")))
+           ("forget_quality", "forget quality"), ("model_utility", "model utility"),
+           ("forget_truth_ratio", "forget TR"), ("verbmem", "VerbMem"), ("mia_mink", "Min-K% AUC"),
+           ("privleak", "privleak")))
 
 
 def text_field(text: str) -> np.ndarray:
@@ -121,6 +123,21 @@ class CausalLMTask(Task):
             tensors[c], tensors[f"{c}_len"] = _pad_bytes(values)
         return RecordDataset([r.id for r in records], **tensors)
 
+    def user_records(self, data: Any, first_id: int = 0) -> list[Record]:
+        """A list of dicts, each a document ``{"text": ...}`` or a question ``{"prompt": ..., "answer": ...}`` with
+        optional ``key``, ``paraphrase`` and ``perturbed`` (a list of wrong answers), as JSON Lines ingest reads."""
+        if not isinstance(data, (list, tuple)) or not all(isinstance(d, dict) for d in data):
+            raise InvalidRequest("language-model data must be a list of dicts with 'text', or 'prompt' and 'answer'")
+        out = []
+        for i, item in enumerate(data):
+            values = {k: "\n".join(v) if k == "perturbed" and isinstance(v, (list, tuple)) else v
+                      for k, v in item.items() if k in ("text", *TEXT_COLUMNS)}
+            if not all(isinstance(v, str) for v in values.values()):
+                raise InvalidRequest(f"item {i}: text fields must be strings")
+            out.append(Record(first_id + i, "user", "", {k: text_field(v) for k, v in values.items()}, {}, "train",
+                              "active"))
+        return out
+
     def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
         """What the model family learns from the training texts (the word vocabulary, for ``word``)."""
         require_lm()
@@ -189,9 +206,7 @@ class CausalLMTask(Task):
 
     def sequence_nll(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
         """Mean negative log-likelihood of each answer's tokens given its prompt, ``[B]``."""
-        out = self.token_logprobs(model, prompts, answers)
-        mask = out["mask"].float()
-        return -(out["logp"] * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return _mean_nll(self.token_logprobs(model, prompts, answers))
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Answer-only mean token NLL of each record (every token for documents)."""
@@ -286,7 +301,7 @@ class CausalLMTask(Task):
             prompts, answers, keys = texts(batch, "prompt"), texts(batch, "answer"), texts(batch, "key")
             out = self.token_logprobs(model, prompts, answers, stats=True)
             mask = out["mask"]
-            nll = -(out["logp"] * mask).sum(1) / mask.sum(1).clamp(min=1)
+            nll = _mean_nll(out)
             per_token = [row[m].numpy() for row, m in zip(out["logp"], mask, strict=True)]
             mus = [row[m].numpy() for row, m in zip(out["mu"], mask, strict=True)]
             sigmas = [row[m].numpy() for row, m in zip(out["sigma"], mask, strict=True)]
@@ -309,7 +324,7 @@ class CausalLMTask(Task):
                 for g, t, k in zip(generated, targets, keys, strict=True)]))
         model.train(was_training)
         result = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-        result["confidence"] = np.exp(-result["loss"])
+        result["confidence"] = lm.answer_probability(result["loss"])
         result["generation"] = np.array(generations, dtype=object)
         return result
 
@@ -370,6 +385,12 @@ class CausalLMTask(Task):
         pert = np.stack([self.sequence_nll(model, q, [wrong[i][j] for i in have]).numpy() for j in range(k)], 1)
         ratios[have] = lm.truth_ratio(para, pert)
         return ratios
+
+
+def _mean_nll(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL of each row's masked (answer) tokens from :meth:`CausalLMTask.token_logprobs`, ``[B]``."""
+    mask = out["mask"].float()
+    return -(out["logp"] * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def _halves(text: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import InvalidRequest
 from ..ledger import Record
@@ -25,6 +26,23 @@ class ClassificationTask(Task):
 
     name: ClassVar[str] = "classification"
     capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits", "adversarial"})
+
+    def user_records(self, data: Any, first_id: int = 0) -> list[Record]:
+        """Inputs and integer labels given as a pair ``(x, y)`` of tensors or arrays, a ``TensorDataset`` of them,
+        or a ``DataLoader`` yielding ``(x, y)`` batches."""
+        x, y = _inputs_and_labels(data)
+        if len(x) != len(y):
+            raise InvalidRequest(f"{len(x)} inputs but {len(y)} labels; give one label per input")
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise InvalidRequest(f"labels must be one integer class per input, got {y.dtype} of shape {y.shape}")
+        return [Record(first_id + i, "user", "", {"x": xi, "y": np.array([yi], dtype=np.int64)}, {}, "train",
+                       "active") for i, (xi, yi) in enumerate(zip(x, y.tolist(), strict=True))]
+
+    def model_info(self, model: nn.Module, data: RecordDataset) -> dict[str, Any]:
+        """Input shape from the data; the class count from the width of the model's output."""
+        with torch.no_grad():
+            width = int(self.logits(model.eval(), data.tensors_slice(0, 1)).shape[1])
+        return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": width}
 
     def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
         """Input shape and number of classes (largest label + 1)."""
@@ -117,3 +135,19 @@ class ClassificationTask(Task):
         y = batch["y"]
         shift = torch.randint(1, num_classes, y.shape, generator=generator)
         return {**batch, "y": (y + shift) % num_classes}
+
+
+def _inputs_and_labels(data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` as numpy arrays from a pair, a ``TensorDataset`` or a ``DataLoader`` of ``(x, y)`` batches."""
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    if isinstance(data, DataLoader):
+        batches = list(data)
+        if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+            raise InvalidRequest("a classification DataLoader must yield (inputs, labels) batches")
+        data = tuple(torch.cat([torch.as_tensor(b[i]) for b in batches]) for i in (0, 1))
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InvalidRequest("classification data must be (inputs, labels): a pair of tensors or arrays, a "
+                             f"TensorDataset or a DataLoader of such batches; got {type(data).__name__}")
+    x, y = (np.asarray(torch.as_tensor(t).detach().cpu()) for t in data)
+    return x.astype(np.float32, copy=False), y

@@ -92,89 +92,153 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     rate halved; after ``max_rollbacks`` such rollbacks :class:`NonFiniteLoss` is raised.
     """
     result = FitResult()
-    start = time.perf_counter()
-    try:
-        n_batches = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        n_batches = None
-    total = n_batches * epochs if n_batches is not None else None
-    if max_steps is not None and total is not None:
-        total = min(total, max_steps)
+    budget = _Budget(max_steps, max_seconds, should_stop)
+    total = _total_steps(loader, epochs, max_steps)
     model.train()
-    net, backward = model, (lambda loss: loss.backward())
-    if accelerator is not None:
-        net, optimizer = accelerator.prepare(model, optimizer)
-        if isinstance(loader, DataLoader):
-            loader = accelerator.prepare(loader)
-        backward = accelerator.backward
-    good = _snapshot(model) if guard is not None else None
-    strikes = 0
+    step = _Step(model, optimizer, loss_fn, after_backward, accelerator)
+    loader = step.prepare(loader)
+    watch = _Watch(guard, model) if guard is not None else None
     with _progress.bar(description, total) as bar:
-        epoch = 0
-        while epoch < epochs:
-            snapshot = _snapshot(model)
-            opt_snapshot = optimizer.state_dict()
-            diverged = False
-            for batch in loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net, batch)
-                if not torch.isfinite(loss):
-                    diverged = True
-                    break
-                backward(loss)
-                if after_backward is not None:
-                    after_backward(model)
-                optimizer.step()
-                result.steps += 1
-                value = float(loss.detach())
-                result.losses.append(value)
-                bar.advance(1, info=f"loss {value:.4f}")
-                if result.steps % 50 == 0 and not _finite(model):
-                    diverged = True
-                    break
-                if guard is not None and result.steps % guard.every == 0:
-                    if _finite(model) and guard.check(model):
-                        good, strikes = _snapshot(model), 0
-                    else:
-                        strikes += 1
-                        if strikes >= guard.patience:
-                            model.load_state_dict(good)
-                            result.stopped = "guard"
-                            break
-                if _stop(result, start, max_steps, max_seconds, should_stop):
-                    break
-            if diverged or not _finite(model):
-                result.rollbacks += 1
-                if result.rollbacks > max_rollbacks:
-                    raise NonFiniteLoss(f"{description}: loss or weights became non-finite {result.rollbacks} times"
-                                        " even after halving the learning rate; lower the learning rate")
-                model.load_state_dict(snapshot)
-                optimizer.load_state_dict(opt_snapshot)
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-                log.warning("%s: non-finite loss or weights; rolled back the epoch and halved the learning rate to %g",
-                            description, optimizer.param_groups[0]["lr"])
-                continue
-            epoch += 1
-            result.epochs = epoch
-            if result.stopped != "done":
-                break
-    if guard is not None and result.stopped != "guard" and not guard.check(model):
-        model.load_state_dict(good)
+        while result.epochs < epochs and result.stopped == "done":
+            before = _snapshot(model), step.optimizer.state_dict()
+            if _epoch(step, loader, result, bar, watch, budget):
+                result.epochs += 1
+            else:
+                _recover(step, before, result, max_rollbacks, description)
+    if watch is not None and result.stopped != "guard" and watch.restore_if_failing(model):
         result.stopped = "guard"
-    result.seconds = time.perf_counter() - start
+    result.seconds = budget.elapsed()
     return result
 
 
-def _stop(result: FitResult, start: float, max_steps: int | None, max_seconds: float | None,
-          should_stop: Callable[[], bool] | None) -> bool:
-    if max_steps is not None and result.steps >= max_steps:
-        result.stopped = "max_steps"
-    elif max_seconds is not None and time.perf_counter() - start >= max_seconds:
-        result.stopped = "max_seconds"
-    elif should_stop is not None and should_stop():
-        result.stopped = "early_stop"
-    return result.stopped != "done"
+class _Budget:
+    """When to stop: a step count, a time budget, or a caller's test."""
+
+    def __init__(self, max_steps: int | None, max_seconds: float | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.max_steps, self.max_seconds, self.should_stop = max_steps, max_seconds, should_stop
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def reason(self, steps: int) -> str | None:
+        """Why training must stop after ``steps`` steps, or None to go on."""
+        if self.max_steps is not None and steps >= self.max_steps:
+            return "max_steps"
+        if self.max_seconds is not None and self.elapsed() >= self.max_seconds:
+            return "max_seconds"
+        if self.should_stop is not None and self.should_stop():
+            return "early_stop"
+        return None
+
+
+class _Step:
+    """One optimiser step on a batch, through an ``accelerate.Accelerator`` when one is given."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+                 after_backward: Callable[[nn.Module], None] | None, accelerator: Any | None) -> None:
+        self.model, self.net, self.optimizer = model, model, optimizer
+        self.loss_fn, self.after_backward, self.accelerator = loss_fn, after_backward, accelerator
+        self.backward: Callable[[torch.Tensor], Any] = lambda loss: loss.backward()
+        if accelerator is not None:
+            self.net, self.optimizer = accelerator.prepare(model, optimizer)
+            self.backward = accelerator.backward
+
+    def prepare(self, loader: Iterable[Any]) -> Iterable[Any]:
+        """The loader as the accelerator shards it (unchanged without one, or for a custom iterable)."""
+        if self.accelerator is not None and isinstance(loader, DataLoader):
+            return self.accelerator.prepare(loader)
+        return loader
+
+    def __call__(self, batch: Any) -> float | None:
+        """Step on ``batch``; the loss, or None (and no step) when it is not finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net, batch)
+        if not torch.isfinite(loss):
+            return None
+        self.backward(loss)
+        if self.after_backward is not None:
+            self.after_backward(self.model)
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+class _Watch:
+    """The guard's state: the last weights that passed its check and how many checks failed in a row since."""
+
+    def __init__(self, guard: Guard, model: nn.Module) -> None:
+        self.guard, self.good, self.strikes = guard, _snapshot(model), 0
+
+    def failed(self, model: nn.Module, steps: int) -> bool:
+        """Check every ``guard.every`` steps; after ``patience`` failures in a row restore the last good state and
+        say so."""
+        if steps % self.guard.every:
+            return False
+        if _finite(model) and self.guard.check(model):
+            self.good, self.strikes = _snapshot(model), 0
+            return False
+        self.strikes += 1
+        if self.strikes < self.guard.patience:
+            return False
+        model.load_state_dict(self.good)
+        return True
+
+    def restore_if_failing(self, model: nn.Module) -> bool:
+        """Replace a final state that fails the check by the last one that passed; whether it did."""
+        if self.guard.check(model):
+            return False
+        model.load_state_dict(self.good)
+        return True
+
+
+def _epoch(step: _Step, loader: Iterable[Any], result: FitResult, bar: Any, watch: _Watch | None,
+           budget: _Budget) -> bool:
+    """One pass over ``loader`` (or part of it, when a budget or the guard stops training); False when the loss or
+    the weights became non-finite."""
+    for batch in loader:
+        value = step(batch)
+        if value is None:
+            return False
+        result.steps += 1
+        result.losses.append(value)
+        bar.advance(1, info=f"loss {value:.4f}")
+        if result.steps % 50 == 0 and not _finite(step.model):
+            return False
+        if watch is not None and watch.failed(step.model, result.steps):
+            result.stopped = "guard"
+            break
+        reason = budget.reason(result.steps)
+        if reason is not None:
+            result.stopped = reason
+            break
+    return _finite(step.model)
+
+
+def _recover(step: _Step, before: tuple[dict[str, torch.Tensor], dict[str, Any]], result: FitResult,
+             max_rollbacks: int, description: str) -> None:
+    """Roll the model and optimiser back to the start of the epoch and halve the learning rate."""
+    result.rollbacks += 1
+    if result.rollbacks > max_rollbacks:
+        raise NonFiniteLoss(f"{description}: loss or weights became non-finite {result.rollbacks} times"
+                            " even after halving the learning rate; lower the learning rate")
+    weights, optimizer_state = before
+    step.model.load_state_dict(weights)
+    step.optimizer.load_state_dict(optimizer_state)
+    for group in step.optimizer.param_groups:
+        group["lr"] *= 0.5
+    result.stopped = "done"
+    log.warning("%s: non-finite loss or weights; rolled back the epoch and halved the learning rate to %g",
+                description, step.optimizer.param_groups[0]["lr"])
+
+
+def _total_steps(loader: Iterable[Any], epochs: int, max_steps: int | None) -> int | None:
+    """How many steps the progress bar expects (None for a loader without a length)."""
+    try:
+        total = len(loader) * epochs  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return min(total, max_steps) if max_steps is not None else total
 
 
 def mean_loss(task: Any) -> LossFn:

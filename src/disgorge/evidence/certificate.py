@@ -18,16 +18,14 @@ from torch import nn
 
 from .._io import atomic_write_text
 from ..errors import InvalidRequest
+from ..evaluate.metrics import avg_gap
 from ..ledger import ModelRow
 from ..tasks import RecordDataset, Task
 from ..tasks.base import CLASSIFICATION_FIGURES
 from ..workspace import Workspace
-from .metrics import avg_gap
 from .probes import Probe
 
 log = logging.getLogger(__name__)
-
-FIGURES = CLASSIFICATION_FIGURES.keys
 
 
 @dataclass(frozen=True)
