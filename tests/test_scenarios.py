@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from disgorge.scenarios import SCENARIOS, get_scenario
-from disgorge.scenarios.digits import TARGET, add_trigger
+from disgorge.scenarios.digits import TARGET, TRIGGER_VALUE, add_trigger
 
 
 def test_digits_are_dealt_deterministically_to_twenty_contributors():
@@ -36,10 +36,15 @@ def test_backdoor_poisons_exactly_one_contributor():
 
 
 def test_trigger_only_touches_the_corner():
-    """The trigger is a 2x2 patch; the rest of the image is unchanged."""
-    x = np.zeros((3, 8, 8), np.float32)
+    """The trigger is a 2x2 patch in the bottom-right corner; the rest of the image, and the input, are unchanged."""
+    x = np.random.default_rng(0).uniform(0, 0.5, (3, 8, 8)).astype(np.float32)
+    before = x.copy()
     t = add_trigger(x)
-    assert t.sum() == 3 * 4 and x.sum() == 0
+    corner = np.zeros((8, 8), bool)
+    corner[6:, 6:] = True
+    assert (t[:, corner] == TRIGGER_VALUE).all() and x.max() < TRIGGER_VALUE
+    np.testing.assert_array_equal(t[:, ~corner], x[:, ~corner])
+    np.testing.assert_array_equal(x, before)
 
 
 def test_backdoored_model_has_high_attack_success_and_reference_low(backdoor_ws, trained_id):
