@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -367,8 +368,9 @@ def test_language_model_forget_and_verify_end_to_end(tmp_path: Path) -> None:
     assert m["original"]["forget_quality"] < m["unlearned"]["forget_quality"]
     assert m["original"]["verbmem"] > m["unlearned"]["verbmem"]
     assert m["original"]["privleak"] < -50  # the original still tells the forget people from unseen ones
-    for key in ("forget_quality", "model_utility", "verbmem", "privleak", "mia_minkpp"):
-        assert m["unlearned"][key] is not None
+    u = m["unlearned"]
+    assert 0 <= u["forget_quality"] <= 1 and 0 < u["model_utility"] <= 1  # a KS p-value; a harmonic mean
+    assert 0 <= u["verbmem"] <= 100 and 0 <= u["mia_minkpp"] <= 100 and math.isfinite(u["privleak"])
     assert "forget quality (KS p)" in (ws / "reports" / f"r{request}" / child / "certificate.md").read_text()
     again = run("verify", child, "-w", ws)
     assert again.returncode == (0 if cert["passed"] else 1) and "Traceback" not in again.stderr

@@ -297,10 +297,10 @@ class Method(ABC):
         result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
                      max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
                      guard=watch, accelerator=request.task.accelerator(), **kwargs)
-        if result.stopped == "guard":
+        if result.stopped == "guard" and isinstance(cfg, GuardedConfig):
             log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
                         "restored the last state that kept it (possibly the original weights: lower the learning "
-                        "rate or raise max_retain_drop)", self.name, getattr(cfg, "max_retain_drop", 0), result.steps)
+                        "rate or raise max_retain_drop)", self.name, cfg.max_retain_drop, result.steps)
         self.fit_result_ = result
         return result
 
