@@ -6,7 +6,7 @@ STAMP := $(VENV)/.disgorge-installed
 # The CPU build of torch this project is tested with; the package itself accepts torch>=2.4.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench catalogue clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	rm -rf benchmarks/results
 	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md
+
+# Rewrites src/disgorge/methods/catalogue.json (what `disgorge methods` reads without importing torch) after a
+# method or its options change; tests/test_methods.py fails until it is rewritten.
+catalogue: $(STAMP)
+	$(PY) -c "from disgorge.methods.registry import write_catalogue; write_catalogue()"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

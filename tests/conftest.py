@@ -64,7 +64,7 @@ def people_mini() -> PeopleMini:
     from disgorge.ledger import Record
     from disgorge.scenarios import get_scenario
     from disgorge.tasks import get_task
-    from disgorge.train.trainer import fit_recipe
+    from disgorge.training.trainer import fit_recipe
 
     scenario = get_scenario("people-mini")
     forget_sources = set(scenario.forget_selector()["sources"])

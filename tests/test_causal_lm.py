@@ -22,8 +22,8 @@ from disgorge.models.language import REFUSALS, SPECIALS, ByteTokenizer, WordToke
 from disgorge.spec import ModelSpec, Recipe, TrainSpec
 from disgorge.tasks import get_task
 from disgorge.tasks.causal_lm import text_field, texts, words
-from disgorge.train.loop import fit, make_optimizer, mean_loss
-from disgorge.train.trainer import fit_recipe
+from disgorge.training.loop import fit, make_optimizer, mean_loss
+from disgorge.training.trainer import fit_recipe
 
 
 @pytest.fixture(scope="module")

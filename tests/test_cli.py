@@ -23,7 +23,8 @@ SCENARIO = "digits-backdoor"
 WITHDRAWN = "contributor-07"
 CONTRIBUTORS = [f"contributor-{i:02d}" for i in range(20)]
 INGESTED = re.compile(r"ingested (\d+) records from (\d+) source\(s\); skipped (\d+) exact duplicate")
-TRAINED = re.compile(r"trained (m\d+) on (\d+) records in [\d.]+s; weights sha256 ([0-9a-f]{64})")
+TRAINED = re.compile(r"trained (m\d+) on (\d+) records in [\d.]+s; (?P<figure>[\w -]+): train (?P<train>[\d.]+)%, "
+                     r"test (?P<test>[\d.]+)%; weights sha256 (?P<sha>[0-9a-f]{64})")
 FORGOT = re.compile(r"request (\d+): (\d+) records; (\d+) model\(s\) unlearned with (\S+): (m\d+) -> (m\d+)")
 
 
@@ -122,8 +123,10 @@ def test_init_ingest_recipe_train_models_sources(tmp_path: Path) -> None:
     for _ in range(2):
         m = TRAINED.search(ok(run("train", recipe, "-w", root)).stdout)
         assert m, "train must print the model id and its weights' sha256"
-        model_id, n, sha = m.group(1), int(m.group(2)), m.group(3)
+        model_id, n, sha = m.group(1), int(m.group(2)), m.group("sha")
         assert n == 1437  # every training record (1797 minus 360 held out)
+        # the digits MLP memorises its training set and generalises to the held-out digits
+        assert m.group("figure") == "accuracy" and float(m.group("train")) > 99 and 90 < float(m.group("test")) < 100
         weights = (root / "models" / model_id / "model.safetensors").read_bytes()
         assert hashlib.sha256(weights).hexdigest() == sha
         trained.append((model_id, sha))

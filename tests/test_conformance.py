@@ -17,7 +17,7 @@ from disgorge import METHODS, Recipe, Workspace, get_method, train
 from disgorge.evaluate import accuracy
 from disgorge.methods import MethodConfig, UnlearnRequest
 from disgorge.scenarios import get_scenario
-from disgorge.train import FitResult
+from disgorge.training import FitResult
 
 RETAIN_TOLERANCE = 0.90  # unlearned retain accuracy >= 90% of the original's
 EFFECT_DROP = 10.0  # the attack success rate must fall by at least this many points

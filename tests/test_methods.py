@@ -158,7 +158,7 @@ def test_unlearn_does_not_mutate_input_and_is_deterministic(problem):
 
 def test_retrain_reproduces_training_without_the_forget_set(problem):
     """`retrain` re-initialises and trains exactly as the recipe would on the retain set."""
-    from disgorge.train.trainer import fit_recipe
+    from disgorge.training.trainer import fit_recipe
 
     model, request, test, ws = problem
     row = ws.ledger.models()[0]
@@ -188,7 +188,7 @@ def test_method_needing_data_it_lacks_is_refused(problem):
 
 def test_nonfinite_loss_is_rolled_back(problem):
     """A step with a non-finite loss is undone and the learning rate halved, instead of returning NaN weights."""
-    from disgorge.train.loop import NonFiniteLoss, fit
+    from disgorge.training.loop import NonFiniteLoss, fit
 
     model, request, _, _ = problem
     calls = {"n": 0}

@@ -1,15 +1,60 @@
-"""disgorge: trace, audit, unlearn and verify what a trained model learned from which data."""
+"""disgorge: trace, audit, unlearn and verify what a trained model learned from which data.
 
-from .api import ForgetResult, erase, forget, ingest_file, ingest_scenario, train, verify, verify_strong
-from .direct import unlearn
-from .errors import DisgorgeError
-from .evidence.certificate import Thresholds
-from .methods import METHODS, Method, MethodConfig, UnlearnRequest, get_method
-from .spec import Recipe
-from .workspace import Workspace
+The public names below load on first use (PEP 562), so ``import disgorge`` and commands that only read the ledger
+start without importing torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "DisgorgeError", "ForgetResult", "Method", "MethodConfig", "Recipe", "Thresholds",
-           "UnlearnRequest", "Workspace", "__version__", "erase", "forget", "get_method", "ingest_file",
-           "ingest_scenario", "train", "unlearn", "verify", "verify_strong"]
+_EXPORTS = {
+    "ForgetResult": "api", "erase": "api", "forget": "api", "ingest_file": "api", "ingest_scenario": "api",
+    "train": "api", "verify": "api", "verify_strong": "api",
+    "unlearn": "direct",
+    "DisgorgeError": "errors",
+    "Thresholds": "evidence.certificate",
+    "METHODS": "methods", "Method": "methods", "MethodConfig": "methods", "UnlearnRequest": "methods",
+    "get_method": "methods",
+    "Recipe": "spec",
+    "Workspace": "workspace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'disgorge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [
+    "METHODS",
+    "DisgorgeError",
+    "ForgetResult",
+    "Method",
+    "MethodConfig",
+    "Recipe",
+    "Thresholds",
+    "UnlearnRequest",
+    "Workspace",
+    "__version__",
+    "erase",
+    "forget",
+    "get_method",
+    "ingest_file",
+    "ingest_scenario",
+    "train",
+    "unlearn",
+    "verify",
+    "verify_strong",
+]

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .data import load_file
 from .erasure import ForgetResult, VerificationFailed, ensure_reference, forget
-from .errors import InvalidRequest
+from .errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from .evidence.certificate import Thresholds, certify, write_certificate
+from .evidence.check import check
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
 from .scenarios import get_scenario, workspace_probes
 from .spec import Recipe
-from .tasks import check_recipe
-from .train.trainer import fit_recipe
+from .tasks import RecordDataset, Task, check_recipe
+from .training.trainer import fit_recipe
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgetResult", "VerificationFailed", "erase", "forget", "ingest_file", "ingest_scenario", "train",
-           "verify", "verify_strong"]
+__all__ = ["ForgetResult", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
+           "ingest_scenario", "train", "verify", "verify_strong"]
 
 
 def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
@@ -64,10 +68,25 @@ def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
     info = {"data": task.data_info(data, recipe.model)}
     model, result = fit_recipe(task, recipe, data, info["data"])
     info["fit"] = {"steps": result.steps, "epochs": result.epochs, "final_loss": result.losses[-1]}
-    row = ws.save_model(model=model, recipe=recipe, records=ids, info=info, kind="trained", seconds=result.seconds)
+    info["accuracy"] = _accuracy(ws, task, model, data)
+    row = ws.save_model(model=model, recipe=recipe, records=ids, info=info, kind="trained", seconds=result.seconds,
+                        metrics=info["accuracy"])
     ws.ledger.insert_model(row)
     log.info("trained %s on %d records in %.1fs", row.id, len(ids), result.seconds)
     return row
+
+
+def _accuracy(ws: Workspace, task: Task, model: nn.Module, train: RecordDataset) -> dict[str, Any]:
+    """The task's quick accuracy (percent) on the training records and on the live held-out records (None when
+    there are none, or when they cannot be evaluated by this model, e.g. a label it has no class for)."""
+    test_ids = ws.test_ids()
+    try:
+        test = round(task.quick_accuracy(model, ws.dataset(task, test_ids)), 2) if test_ids else None
+    except DisgorgeError as exc:
+        log.warning("held-out accuracy not measured: %s", exc)
+        test = None
+    return {"figure": task.quick_accuracy_name, "train": round(task.quick_accuracy(model, train), 2),
+            "test": test}
 
 
 def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None) -> dict[str, Any]:
@@ -92,7 +111,8 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
                    reference=reference, reference_model=reference_model, forget_ids=forget_ids,
                    request_id=req.id, method=row.method or "", config=row.info.get("config", {}),
-                   report=row.info.get("report", {}), thresholds=thresholds, probes=workspace_probes(ws))
+                   report=row.info.get("report", {}), thresholds=thresholds, probes=workspace_probes(ws),
+                   selector=req.selector, reason=req.reason, requested_at=req.created_at)
     _keep_certificate(ws, req.id, model_id, cert)
     return cert
 
@@ -136,7 +156,7 @@ def _unlearned(ws: Workspace, model_id: str) -> tuple[ModelRow, RequestRow]:
 def _keep_certificate(ws: Workspace, request_id: int, model_id: str, cert: dict[str, Any]) -> None:
     """Store a certificate with its request (read afresh, so other models' certificates stay) and write its files."""
     results = dict(ws.ledger.request(request_id).results)
-    results.setdefault("certificates", {})[model_id] = cert
+    results.setdefault("certificates", {})[model_id] = {k: v for k, v in cert.items() if k != "signature"}
     ws.ledger.set_request_results(request_id, results)
     write_certificate(ws, cert)
 
@@ -144,3 +164,36 @@ def _keep_certificate(ws: Workspace, request_id: int, model_id: str, cert: dict[
 def erase(ws: Workspace, request_id: int) -> None:
     """Erase the payloads of a request made with ``erase=False`` (held records), keeping tombstones."""
     ws.ledger.erase(request_id)
+
+
+CERTIFICATE_FORMAT = "disgorge-certificate/"
+
+
+def check_certificate(path: str | Path, ws: Workspace | None = None) -> dict[str, Any]:
+    """Check a certificate file: its Ed25519 signature over the canonical JSON always; given the workspace it came
+    from, also that the workspace's key signed it, that each named model's weights file has the recorded sha256, and
+    that the ledger's model and request rows agree with it.
+
+    Returns ``{"valid": bool, "scope": str, "checks": [{"name", "passed", "detail"}, ...], "skipped": [...]}``; a
+    failed check (a tampered file) makes ``valid`` false and never raises. Only unreadable input raises: a missing
+    file (:class:`NotFound`), a file that is not JSON (:class:`IntegrityError`) or not a disgorge certificate
+    (:class:`InvalidRequest`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(f"no certificate file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"certificate {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    try:
+        cert = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"certificate {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                             f"{exc.colno}); it is corrupt or not a certificate") from None
+    fmt = cert.get("format") if isinstance(cert, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith(CERTIFICATE_FORMAT):
+        raise InvalidRequest(f"{path} is not a disgorge certificate (no 'format': '{CERTIFICATE_FORMAT}N' key)")
+    result = check(cert, ws)
+    result["file"] = str(path)
+    return result

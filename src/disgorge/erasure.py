@@ -23,11 +23,11 @@ from torch import nn
 from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import Thresholds, certify, write_certificate
 from .evidence.probes import Probe
-from .ledger import ModelRow
+from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes
 from .tasks import Task
-from .train.trainer import fit_recipe
+from .training.trainer import fit_recipe
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,9 @@ class _Request:
     request_id: int
     thresholds: Thresholds | None
     probes: list[Probe]
+    selector: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    created_at: str | None = None
 
 
 Unlearner = Callable[[_Request, ModelRow], tuple[ModelRow, Certificate | None]]
@@ -116,7 +119,10 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     unlearner = _auto(options or {}, budget_fraction, verify) if method == AUTO else \
         _named(get_method(method, **(options or {})), verify)
     parents = _parents(ws, ids, model, erase)
-    request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws))
+    selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
+                "random_fraction": random_fraction, "seed": seed, "model": model}
+    request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws), selector, reason,
+                       now())
     children: list[ModelRow] = []
     certificates: list[Certificate] = []
     try:
@@ -127,8 +133,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
                 certificates.append(cert)
                 _refuse_failed(request, parent, cert, accept_failed)
         _commit(request, parents, children, certificates, method=method, reason=reason, erase=erase,
-                selector={"sources": list(sources), "records": sorted(int(i) for i in records),
-                          "random_fraction": random_fraction, "seed": seed, "model": model})
+                selector=selector)
     except BaseException:
         for child in children:
             shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
@@ -177,7 +182,7 @@ def _commit(request: _Request, parents: list[ModelRow], children: list[ModelRow]
                "certificates": {c["models"]["child"]["id"]: c for c in certificates}}
     ws.ledger.commit_request(request_id=request.request_id, selector=selector, reason=reason, method=method,
                              records=ids, affected=[p.id for p in parents], children=children,
-                             supersede=supersede, results=results, erase=erase)
+                             supersede=supersede, results=results, erase=erase, created_at=request.created_at)
 
 
 def _named(method: Method, verify: bool) -> Unlearner:
@@ -307,7 +312,8 @@ def certify_child(request: _Request, parent: ModelRow, child: _Child) -> Certifi
                        child_model=child.model, reference=reference, reference_model=reference_model,
                        forget_ids=child.forget_ids, request_id=request.request_id, method=method.name,
                        config=method.config.to_dict(), report=method.report_, thresholds=request.thresholds,
-                       probes=request.probes)
+                       probes=request.probes, selector=request.selector, reason=request.reason,
+                       requested_at=request.created_at)
     except BaseException:
         shutil.rmtree(ws.model_dir(child.row.id), ignore_errors=True)
         raise

@@ -18,7 +18,7 @@ from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
 from .scenarios import workspace_probes
-from .train.trainer import fit_recipe
+from .training.trainer import fit_recipe
 from .workspace import Workspace
 
 REFERENCE_SEED, UNLEARN_SEED = 1000, 2000  # seed offsets of the strong test's retrained and unlearned models

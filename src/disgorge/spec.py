@@ -184,3 +184,66 @@ def _positive(name: str, value: Any, integer: bool = False) -> None:
     if not ok or isinstance(value, bool) or value <= 0:
         kind = "an integer" if integer else "a number"
         raise RecipeError(f"{name} must be {kind} > 0, got {value!r}")
+
+
+RECIPE_TEMPLATES = {
+    "classification": '''\
+# A disgorge recipe: everything that determines a training run. The same recipe on the same ledger gives the same
+# weights on the CPU, bit for bit. Train it with `disgorge train recipe.toml`. Every field has a default but `name`.
+name = "my-classifier"         # a label for the models trained from it
+task = "classification"        # classification | causal_lm
+seed = 0                       # seeds the initialisation and the shuffling
+
+[data]
+# Which records train the model: the live training records (split "train") of these sources; empty means all.
+sources = []                   # e.g. ["lab-2024", "clinic-b"]  (see `disgorge sources`)
+exclude_sources = []           # e.g. ["withdrawn-2025"]
+
+[model]
+family = "mlp"                 # linear | mlp | cnn
+hidden = [128]                 # mlp: the hidden layers' widths
+dropout = 0.0                  # mlp, cnn: dropout probability in [0, 1)
+# family = "cnn" takes channels = [16, 32] and hidden = 64, for image inputs (C, H, W) or (H, W);
+# family = "linear" (logistic regression) takes no parameter.
+
+[train]
+optimizer = "adam"             # adam | adamw | sgd
+lr = 0.001                     # learning rate
+weight_decay = 0.0             # L2 (adam, sgd) or decoupled (adamw); > 0 lets `--method newton` serve a linear model
+momentum = 0.9                 # sgd only
+batch_size = 64
+epochs = 20
+''',
+    "causal_lm": '''\
+# A disgorge recipe for a causal language model over records {"text": ...} or {"prompt": ..., "answer": ...}
+# (`disgorge ingest FILE.jsonl`). The same recipe on the same ledger gives the same weights on the CPU.
+# Train it with `disgorge train recipe.toml`. Every field has a default but `name`.
+name = "my-language-model"     # a label for the models trained from it
+task = "causal_lm"
+seed = 0                       # seeds the initialisation and the shuffling
+
+[data]
+sources = []                   # the live training records of these sources; empty means all
+exclude_sources = []
+
+[model]
+family = "gpt2"                # gpt2: built from this config and trained from scratch (nothing is downloaded)
+n_layer = 2
+n_embd = 128
+n_head = 4                     # must divide n_embd
+max_length = 64                # tokens per record; a longer answer loses its end
+tokenizer = "word"             # word: a vocabulary trained on your texts | char: UTF-8 bytes, no word of the data
+dropout = 0.0
+# family = "pretrained" loads a local folder written by save_pretrained instead:
+#   path = "/path/to/model-folder"  and  max_length = 128
+
+[train]
+optimizer = "adamw"            # adam | adamw | sgd
+lr = 0.002
+weight_decay = 0.0
+momentum = 0.9                 # sgd only
+batch_size = 32
+epochs = 50
+''',
+}
+"""Commented recipes for users' own data, by task (``disgorge recipe --template TASK``)."""

@@ -7,11 +7,10 @@ import os
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyroaring import BitMap
-from torch import nn
 
 from ._io import atomic_write_bytes
 from .errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
@@ -20,9 +19,20 @@ from .ledger import bitmap as bm
 from .models import store
 from .models.card import model_card
 from .spec import Recipe
-from .tasks import RecordDataset, Task, get_task
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .tasks import RecordDataset, Task
+
+# Opening a workspace and reading its ledger loads neither torch nor scikit-learn (commands such as `disgorge
+# models` start fast); the methods that build tensors or networks import the task layer when called.
 
 STATE_DIR = ".disgorge"
+SIGNING_KEY = "signing.key"
+"""File under ``.disgorge/`` holding the workspace's certificate signing key: 32 random bytes (an Ed25519 private key
+in raw form, see :mod:`disgorge.evidence.signing`), mode 0600."""
+SIGNING_KEY_BYTES = 32
 
 
 class Workspace:
@@ -50,6 +60,8 @@ class Workspace:
         key_path = state / "secret"
         if not key_path.exists():
             atomic_write_bytes(key_path, secrets.token_bytes(32), mode=0o600)
+        if not (state / SIGNING_KEY).exists():
+            atomic_write_bytes(state / SIGNING_KEY, secrets.token_bytes(SIGNING_KEY_BYTES), mode=0o600)
         return cls.open(root, _creating=True)
 
     @classmethod
@@ -89,6 +101,25 @@ class Workspace:
     def scenario(self) -> str | None:
         """The bundled scenario ingested here, if any (it supplies the effect probe)."""
         return self.ledger.get_meta("scenario")
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The file of the workspace's certificate signing key (``.disgorge/signing.key``)."""
+        return self.root / STATE_DIR / SIGNING_KEY
+
+    def signing_key(self, *, create: bool = True) -> bytes | None:
+        """The 32 secret bytes of the workspace's certificate signing key. A workspace made before certificates were
+        signed gets its key on first use (``create``); with ``create=False`` a missing key gives None."""
+        path = self.signing_key_path
+        if not path.exists():
+            if not create:
+                return None
+            atomic_write_bytes(path, secrets.token_bytes(SIGNING_KEY_BYTES), mode=0o600)
+        key = path.read_bytes()
+        if len(key) != SIGNING_KEY_BYTES:
+            raise IntegrityError(f"signing key {path} is {len(key)} bytes, not {SIGNING_KEY_BYTES} (corrupt); restore "
+                                 "it from a backup, since certificates signed with it name its public key")
+        return key
 
     # -- data -----------------------------------------------------------------------------------------
     def dataset(self, task: Task, ids: Iterable[int]) -> RecordDataset:
@@ -140,6 +171,8 @@ class Workspace:
 
     def load_model(self, model_id: str) -> tuple[nn.Module, ModelRow, Task]:
         """Rebuild a model from its recipe and load its weights, checking their recorded sha256."""
+        from .tasks import get_task
+
         row = self.ledger.model(model_id)
         task = get_task(row.task)
         recipe = self.recipe_of(row)
@@ -154,7 +187,7 @@ class Workspace:
 
     def save_model(self, *, model: nn.Module, recipe: Recipe, records: BitMap, info: dict[str, Any], kind: str,
                    seconds: float, parent: str | None = None, method: str | None = None,
-                   request_id: int | None = None) -> ModelRow:
+                   request_id: int | None = None, metrics: dict[str, Any] | None = None) -> ModelRow:
         """Write a model folder (weights, recipe, config, card) atomically and return its ledger row, not yet
         inserted: the caller commits it (alone, or with an erasure request) or removes the folder."""
         model_id = self.ledger.reserve_model_id()
@@ -162,7 +195,7 @@ class Workspace:
         recipe_toml = recipe.to_toml()
         card = model_card(model_id=model_id, task=recipe.task, family=recipe.model.family, parent=parent, kind=kind,
                           method=method, sources=self.sources_of(records), n_records=len(records),
-                          recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id)
+                          recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id, metrics=metrics)
         config = {"id": model_id, "task": recipe.task, "family": recipe.model.family, "data": info["data"],
                   "parent": parent, "kind": kind, "method": method, "weights_sha256": digest}
         store.write_model_dir(self.models_dir, model_id, {
@@ -191,6 +224,28 @@ class Workspace:
                 out.append({"name": src.name, "license": src.license, "origin": src.origin,
                             "records": counts[src.name]})
         return out
+
+    def status(self) -> dict[str, Any]:
+        """A summary of the workspace: sources; records by state and split; models by kind and status; requests
+        by status, with the deferred erasures still pending; tombstones; bytes on disk."""
+        records: dict[str, dict[str, int]] = {}
+        for _, _, split, state in self.ledger.record_index():
+            records.setdefault(state, {}).setdefault(split, 0)
+            records[state][split] += 1
+        models: dict[str, dict[str, int]] = {}
+        for m in self.ledger.models():
+            models.setdefault(m.kind, {}).setdefault(m.status, 0)
+            models[m.kind][m.status] += 1
+        requests = self.ledger.requests()
+        disk = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file() and not f.is_symlink())
+        return {"workspace": str(self.root), "schema": self.ledger.schema_version, "scenario": self.scenario,
+                "sources": len(self.ledger.sources()),
+                "records": {state: {"total": sum(by.values()), **by} for state, by in sorted(records.items())},
+                "models": {kind: {"total": sum(by.values()), **by} for kind, by in sorted(models.items())},
+                "requests": {"total": len(requests), "held": sum(r.status == "held" for r in requests),
+                             "erased": sum(r.status == "erased" for r in requests)},
+                "pending_erasures": [r.id for r in requests if r.status == "held"],
+                "tombstones": self.ledger.tombstone_count(), "disk_bytes": disk}
 
     def report_dir(self, request_id: int) -> Path:
         """Folder of an erasure request's reports."""

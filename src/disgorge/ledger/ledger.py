@@ -337,6 +337,26 @@ class Ledger:
             raise NotFound(f"{len(values) - len(out)} of the requested record ids do not exist")
         return out
 
+    def record_index(self, *, sources: Sequence[str] | None = None, split: str | None = None,
+                     states: Sequence[str] | None = None) -> list[tuple[int, str, str, str]]:
+        """(id, source, split, state) of every record matching the selector, in id order; no payloads read."""
+        q = "SELECT r.id, s.name, r.split, r.state FROM records r JOIN sources s ON s.id=r.source_id WHERE 1=1"
+        args: list[Any] = []
+        if sources:
+            for name in sources:
+                self.source(name)
+            q += f" AND s.name IN ({','.join('?' * len(sources))})"
+            args += list(sources)
+        if split is not None:
+            if split not in SPLITS:
+                raise InvalidRequest(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            q += " AND r.split=?"
+            args.append(split)
+        if states:
+            q += f" AND r.state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        return [tuple(r) for r in self._db.execute(q + " ORDER BY r.id", args)]
+
     def count_records(self) -> dict[str, int]:
         """Number of records per state."""
         return {s: n for s, n in self._db.execute("SELECT state, COUNT(*) FROM records GROUP BY state")}
@@ -425,8 +445,9 @@ class Ledger:
 
     def commit_request(self, *, request_id: int, selector: dict[str, Any], reason: str, method: str,
                        records: BitMap, affected: list[str], children: list[ModelRow], supersede: list[str],
-                       results: dict[str, Any], erase: bool) -> None:
-        """Record an erasure request and its child models in one transaction.
+                       results: dict[str, Any], erase: bool, created_at: str | None = None) -> None:
+        """Record an erasure request and its child models in one transaction (``created_at``: when the request was
+        made, if not now).
 
         Models in ``supersede`` (the parents, and cached references that saw the records) are marked superseded.
         With ``erase`` the records' payloads are deleted (secure_delete) and tombstones kept; otherwise the records
@@ -438,7 +459,7 @@ class Ledger:
                 "INSERT INTO requests(id, selector, reason, method, status, records, n_records, affected, results,"
                 " created_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
                 (request_id, json.dumps(selector, sort_keys=True), reason, method, "held", bm.dumps(records),
-                 len(records), json.dumps(affected), json.dumps(results, sort_keys=True), stamp))
+                 len(records), json.dumps(affected), json.dumps(results, sort_keys=True), created_at or stamp))
             for child in children:
                 self.insert_model(child)
             for model_id in supersede:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import make_optimizer
+from ..training.loop import make_optimizer
 from ._tools import distill_kl, frozen_copy, reinitialise
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register

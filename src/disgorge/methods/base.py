@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..errors import DisgorgeError, InvalidRequest
 from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
-from ..train.loop import FitResult, Guard, LossFn, fit, warm_up
+from ..training.loop import FitResult, Guard, LossFn, fit, warm_up
 from . import _adapters as adapters
 
 if sys.version_info >= (3, 11):

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import make_optimizer
+from ..training.loop import make_optimizer
 from ._tools import frozen_copy
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register

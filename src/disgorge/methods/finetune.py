@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..train.loop import make_optimizer, mean_loss
+from ..training.loop import make_optimizer, mean_loss
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 

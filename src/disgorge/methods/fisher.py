@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import make_optimizer, mean_loss
+from ..training.loop import make_optimizer, mean_loss
 from ._tools import squared_gradients
 from .base import BudgetConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register

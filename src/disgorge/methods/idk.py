@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.language import REFUSALS
-from ..train.loop import make_optimizer
+from ..training.loop import make_optimizer
 from ._tools import frozen_copy, target_log_prob
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidRequest
-from ..train.loop import FitResult
+from ..training.loop import FitResult
 from .base import Method, MethodConfig, UnlearnRequest, option
 from .registry import register
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..train.loop import FitResult, make_optimizer
+from ..training.loop import FitResult, make_optimizer
 from .base import FineTuneConfig, GuardedConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 

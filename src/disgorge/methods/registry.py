@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from pathlib import Path
 from typing import Any
 
+from .. import catalogue
 from .._registry import Registry
 from ..errors import InvalidRequest
 from ..spec import tomllib
@@ -30,6 +33,27 @@ def register(cls: type[Method]) -> type[Method]:
         raise TypeError(f"method class {cls.__name__} overrides {', '.join(overridden)}; override the hooks "
                         "_check and _unlearn instead")
     return METHODS.register(cls.name)(cls)
+
+
+def describe_methods() -> dict[str, dict[str, Any]]:
+    """Every registered method as plain data: family, summary, paper, needs and its options (type, default, range,
+    choices, help). ``disgorge methods`` reads this from ``catalogue.json`` (see :mod:`disgorge.catalogue`) so that
+    listing methods does not import torch; a test keeps the file equal to this."""
+    out = {}
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        hints = typing.get_type_hints(cls.Config)
+        options = []
+        for f in dataclasses.fields(cls.Config):
+            kind = typing.get_args(hints[f.name]) or (hints[f.name],)
+            meta = f.metadata
+            options.append({"name": f.name, "type": " | ".join("None" if k is type(None) else k.__name__ for k in kind),
+                            "default": f.default, "help": meta.get("help", ""), "low": meta.get("low"),
+                            "high": meta.get("high"), "positive": bool(meta.get("positive")),
+                            "choices": list(meta["choices"]) if meta.get("choices") else None})
+        out[name] = {"family": cls.family, "summary": cls.summary, "paper": cls.paper, "needs": sorted(cls.needs),
+                     "doc": " ".join((cls.__doc__ or "").split()), "options": options}
+    return out
 
 
 def get_method(name: str, **options: Any) -> Method:
@@ -61,3 +85,11 @@ def parse_variant(label: str) -> tuple[str, dict[str, Any]]:
     options = parse_options([p for p in rest[:-1].split(";") if p.strip()])
     METHODS.get(name).Config.from_dict(options)  # refuse unknown or out-of-range options now
     return name, options
+
+
+def write_catalogue() -> Path:
+    """Rewrite ``methods/catalogue.json`` from the registry (run after adding or changing a method)."""
+    path = Path(__file__).with_name("catalogue.json")
+    path.write_text(catalogue.render(describe_methods()), encoding="utf-8")
+    return path
+

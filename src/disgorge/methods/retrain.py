@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..train.loop import make_optimizer, mean_loss
+from ..training.loop import make_optimizer, mean_loss
 from ._tools import reinitialise
 from .base import BudgetConfig, Method, UnlearnRequest
 from .registry import register

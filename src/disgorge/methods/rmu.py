@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidRequest
-from ..train.loop import make_optimizer
+from ..training.loop import make_optimizer
 from ._tools import frozen_copy
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register

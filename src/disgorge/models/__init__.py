@@ -1,6 +1,5 @@
-"""Model families, the safetensors model store and model cards."""
+"""Model families (``registry.py``, ``families.py``, ``language.py``), the safetensors model store and model cards.
 
-from . import families  # noqa: F401  (registers linear, mlp and cnn)
-from .registry import MODELS
-
-__all__ = ["MODELS"]
+Nothing is imported here, so reading the store (``models.store``) does not load torch; the families register
+themselves when :mod:`disgorge.models.families` is imported (the classification task does).
+"""

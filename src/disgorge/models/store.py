@@ -7,20 +7,22 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .._io import fsync_dir, sha256_bytes
 from ..errors import IntegrityError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS = "model.safetensors"
 
 
 def serialize_weights(model: nn.Module) -> tuple[bytes, str]:
     """The safetensors bytes of a model's state dict and their SHA-256 (equal weights give equal bytes)."""
+    from safetensors.torch import save as st_save  # torch loads only where weights are
+
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     data = st_save(state, metadata={"format": "pt"})
     return data, sha256_bytes(data)
@@ -55,6 +57,7 @@ def write_model_dir(models_dir: Path, model_id: str, files: dict[str, bytes]) ->
 
 def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[str, torch.Tensor]:
     """Load a model's weights after checking them against the SHA-256 recorded in the ledger."""
+    from safetensors.torch import load as st_load
     path = models_dir / model_id / WEIGHTS
     try:
         data = path.read_bytes()

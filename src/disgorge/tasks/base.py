@@ -80,6 +80,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    quick_accuracy_name: ClassVar[str] = "accuracy"  # what :meth:`quick_accuracy` measures, as printed
     figures: ClassVar[FigureSet] = CLASSIFICATION_FIGURES
 
     @abstractmethod

@@ -97,6 +97,7 @@ class CausalLMTask(Task):
 
     name: ClassVar[str] = "causal_lm"
     capabilities: ClassVar[frozenset[str]] = frozenset({"text", "hidden_states", "generation"})
+    quick_accuracy_name: ClassVar[str] = "next-token accuracy"
     figures: ClassVar[FigureSet] = LM_FIGURES
 
     # -- data -----------------------------------------------------------------------------------------
