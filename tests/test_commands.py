@@ -32,6 +32,15 @@ def cli(*args: Any, importtime: bool = False) -> subprocess.CompletedProcess[str
                           text=True, encoding="utf-8", env=env, timeout=300, check=False)
 
 
+def _imported(log: str) -> set[str]:
+    """Module names in Python's `-X importtime` log."""
+    return {line.rsplit("|", 1)[-1].strip() for line in log.splitlines() if line.startswith("import time")}
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in ("torch", "sklearn")}
+
+
 @pytest.fixture
 def ws_path(backdoor_ws) -> Path:
     """The root of a private copy of the trained digits-backdoor workspace (closed, for subprocesses)."""
@@ -46,9 +55,9 @@ def test_commands_that_only_read_import_neither_torch_nor_sklearn(ws_path, args)
     proc = cli(*args, *(["-w", ws_path] if args[0] in ("sources", "models", "requests", "status", "records")
                         and "--help" not in args else []), importtime=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    imported = _imported(proc.stderr)
     assert "disgorge.workspace" in imported  # the log covers the package's own imports
-    assert not {m for m in imported if m.split(".")[0] in ("torch", "sklearn")}
+    assert not _heavy(imported)
 
 
 def test_version_help_flags_and_completion():
@@ -152,3 +161,27 @@ def test_names_are_printed_as_text_not_markup(tmp_path):
     proc = cli("sources", "-w", tmp_path / "new")
     assert proc.returncode == 0 and "x[/]" in proc.stdout, proc.stderr
     assert json.loads(cli("sources", "-w", tmp_path / "new", "--json").stdout)[0]["source"] == "x[/]"
+
+
+def test_report_and_certificate_check_from_the_command_line(backdoor_ws):
+    """`disgorge report` writes the HTML report of a request; `disgorge certificate check` says the certificate is
+    genuine without loading torch, and that a tampered copy is not (exit 1)."""
+    result = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff", reason="consent withdrawn",
+                    accept_failed=True)
+    root, cert_file = backdoor_ws.root, Path(next(iter(result.paths.values()))["json"])
+    backdoor_ws.close()
+    report = json.loads(cli("report", str(result.request_id), "-w", root, "--json").stdout)["report"]
+    html = Path(report).read_text(encoding="utf-8")
+    assert Path(report).parent == root / "reports" / f"r{result.request_id}" and "contributor-07" in html
+    proc = cli("certificate", "check", cert_file, "-w", root, "--json", importtime=True)
+    checked = json.loads(proc.stdout)
+    assert proc.returncode == 0 and checked["valid"], checked
+    assert {"signature", "workspace_key", "weights:child"} <= {c["name"] for c in checked["checks"]}
+    imported = _imported(proc.stderr)
+    assert "disgorge.evidence.check" in imported and not _heavy(imported)
+    tampered = json.loads(cert_file.read_text(encoding="utf-8"))
+    tampered["passed"] = not tampered["passed"]
+    forged = root / "forged.json"
+    forged.write_text(json.dumps(tampered), encoding="utf-8")
+    proc = cli("certificate", "check", forged)
+    assert proc.returncode == 1 and "NOT VALID" in proc.stdout and "signature" in proc.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,9 +11,9 @@ from torch import nn
 
 from .data import load_file
 from .erasure import ForgetResult, VerificationFailed, ensure_reference, forget
-from .errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
+from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import Thresholds, certify, write_certificate
-from .evidence.check import check
+from .evidence.check import check_certificate
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
@@ -164,36 +163,3 @@ def _keep_certificate(ws: Workspace, request_id: int, model_id: str, cert: dict[
 def erase(ws: Workspace, request_id: int) -> None:
     """Erase the payloads of a request made with ``erase=False`` (held records), keeping tombstones."""
     ws.ledger.erase(request_id)
-
-
-CERTIFICATE_FORMAT = "disgorge-certificate/"
-
-
-def check_certificate(path: str | Path, ws: Workspace | None = None) -> dict[str, Any]:
-    """Check a certificate file: its Ed25519 signature over the canonical JSON always; given the workspace it came
-    from, also that the workspace's key signed it, that each named model's weights file has the recorded sha256, and
-    that the ledger's model and request rows agree with it.
-
-    Returns ``{"valid": bool, "scope": str, "checks": [{"name", "passed", "detail"}, ...], "skipped": [...]}``; a
-    failed check (a tampered file) makes ``valid`` false and never raises. Only unreadable input raises: a missing
-    file (:class:`NotFound`), a file that is not JSON (:class:`IntegrityError`) or not a disgorge certificate
-    (:class:`InvalidRequest`).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NotFound(f"no certificate file {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"certificate {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
-    try:
-        cert = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"certificate {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                             f"{exc.colno}); it is corrupt or not a certificate") from None
-    fmt = cert.get("format") if isinstance(cert, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith(CERTIFICATE_FORMAT):
-        raise InvalidRequest(f"{path} is not a disgorge certificate (no 'format': '{CERTIFICATE_FORMAT}N' key)")
-    result = check(cert, ws)
-    result["file"] = str(path)
-    return result

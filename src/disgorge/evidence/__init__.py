@@ -1,8 +1,4 @@
-"""Evidence about a model: effect probes and the certificate that compares an unlearned model with its parent and
-a retrained reference. It sits above the workspace; the metric functions it uses live in :mod:`disgorge.evaluate`."""
-
-from .certificate import Measurement, Thresholds, certify, figure_rows, measure, measure_reference, write_certificate
-from .probes import Probe, share_predicted
-
-__all__ = ["Measurement", "Probe", "Thresholds", "certify", "figure_rows", "measure", "measure_reference",
-           "share_predicted", "write_certificate"]
+"""Evidence about a model: effect probes (``probes.py``), the certificate that compares an unlearned model with
+its parent and a retrained reference (``certificate.py``), its Ed25519 signature (``signing.py``) and the checks a
+third party runs on it (``check.py``). It sits above the workspace; the metric functions it uses live in
+:mod:`disgorge.evaluate`. Nothing is imported here, so checking a certificate does not load torch."""

@@ -5,13 +5,14 @@ raises."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from pyroaring import BitMap
 
-from ..errors import DisgorgeError, NotFound
+from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from ..models import store
 from ..workspace import Workspace
 from .signing import SIGNATURE, signature_problem, workspace_public_key
@@ -193,3 +194,36 @@ def _source_counts(sources: Any) -> dict[str, Any] | None:
     if not isinstance(sources, list):
         return None
     return {s.get("name"): s.get("records") for s in sources if isinstance(s, dict)}
+
+
+CERTIFICATE_FORMAT = "disgorge-certificate/"
+
+
+def check_certificate(path: str | Path, ws: Workspace | None = None) -> dict[str, Any]:
+    """Check a certificate file: its Ed25519 signature over the canonical JSON always; given the workspace it came
+    from, also that the workspace's key signed it, that each named model's weights file has the recorded sha256, and
+    that the ledger's model and request rows agree with it.
+
+    Returns ``{"valid": bool, "scope": str, "checks": [{"name", "passed", "detail"}, ...], "skipped": [...]}``; a
+    failed check (a tampered file) makes ``valid`` false and never raises. Only unreadable input raises: a missing
+    file (:class:`NotFound`), a file that is not JSON (:class:`IntegrityError`) or not a disgorge certificate
+    (:class:`InvalidRequest`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(f"no certificate file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"certificate {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    try:
+        cert = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"certificate {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                             f"{exc.colno}); it is corrupt or not a certificate") from None
+    fmt = cert.get("format") if isinstance(cert, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith(CERTIFICATE_FORMAT):
+        raise InvalidRequest(f"{path} is not a disgorge certificate (no 'format': '{CERTIFICATE_FORMAT}N' key)")
+    result = check(cert, ws)
+    result["file"] = str(path)
+    return result

@@ -20,6 +20,7 @@ from typing import Any
 
 import jinja2
 import matplotlib as mpl
+import torch
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
@@ -34,9 +35,12 @@ TEMPLATE = "report.html.j2"
 """The Jinja2 template (in ``disgorge/report/templates``) the report is rendered from."""
 
 MODELS = ("original", "unlearned", "reference")
+"""The three models a certificate measures, in the order the report shows them."""
 MODEL_LABELS = {"original": "original", "unlearned": "unlearned", "reference": "retrained reference"}
+"""How the report names each of :data:`MODELS`."""
 COLORS = {"original": "#868e96", "unlearned": "#1c7ed6", "reference": "#2f9e44", "forget": "#e8590c",
           "test": "#495057"}
+"""Plot colours of the models and of the forget and held-out sets (the template's CSS uses the same)."""
 
 CHECKS = {
     "changed": ("The unlearned model's weights differ from the original's", "must be yes"),
@@ -55,6 +59,7 @@ THRESHOLDS = {
     "ra_drop": "retain accuracy drop (points)", "mia_gap": "membership-attack gap (points)",
     "avg_gap": "Avg Gap (points)", "forget_quality": "forget quality (minimum p-value)",
 }
+"""Plain-language name of each certificate threshold."""
 
 _SIGNING = re.compile(r"sign|public_key|key_id|fingerprint", re.IGNORECASE)
 _PROVENANCE = ("issued_at", "software", "machine", "environment", "provenance")
@@ -285,8 +290,6 @@ def _text(v: Any) -> str:
 
 def _environment() -> list[tuple[str, str]]:
     """Where this report was rendered (the certificate's own provenance is shown when it carries one)."""
-    import torch
-
     try:
         version = metadata.version("disgorge")
     except metadata.PackageNotFoundError:
@@ -431,7 +434,7 @@ def _roc_plot(curves: dict[str, Any], salt: str) -> dict[str, Any] | None:
     rocs = {n: curves["models"][n]["roc"] for n in MODELS if (curves["models"].get(n) or {}).get("roc")}
     if not rocs:
         return None
-    fig = _figure(6.4, 4.0)
+    fig = _figure(6.8, 4.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="#adb5bd", linestyle="--", linewidth=1, label="chance (50)")
     for name, roc in rocs.items():
@@ -439,9 +442,8 @@ def _roc_plot(curves: dict[str, Any], salt: str) -> dict[str, Any] | None:
                 label=f"{MODEL_LABELS[name]} (AUC {roc['auc']:.1f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate (held-out called member)")
-    ax.set_ylabel("true positive rate (forgotten called member)")
-    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate: held-out records called member")
+    ax.set_ylabel("true positive rate: forgotten called member")
     fig.legend(loc="outside right center", fontsize=8.5, frameon=False)
     _tidy(ax)
     return {"title": "Can an attacker still tell the forgotten records were used?",
