@@ -175,9 +175,9 @@ def test_key_file_is_private_and_created_on_first_use(certified):
     key = ws.signing_key_path
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
     key.unlink()
-    assert ws.signing_key(create=False) is None
     result = check_certificate(path, ws)
     assert not result["valid"] and not _checks(result)["workspace_key"]
+    assert not key.exists(), "checking a certificate must not create a key"
     from disgorge.api import verify
 
     verify(ws, json.loads(path.read_text())["models"]["child"]["id"])  # rewrites the certificate, signing it anew

@@ -107,13 +107,11 @@ class Workspace:
         """The file of the workspace's certificate signing key (``.disgorge/signing.key``)."""
         return self.root / STATE_DIR / SIGNING_KEY
 
-    def signing_key(self, *, create: bool = True) -> bytes | None:
-        """The 32 secret bytes of the workspace's certificate signing key. A workspace made before certificates were
-        signed gets its key on first use (``create``); with ``create=False`` a missing key gives None."""
+    def signing_key(self) -> bytes:
+        """The 32 secret bytes of the workspace's certificate signing key; a workspace made before certificates
+        were signed gets its key on first use."""
         path = self.signing_key_path
         if not path.exists():
-            if not create:
-                return None
             atomic_write_bytes(path, secrets.token_bytes(SIGNING_KEY_BYTES), mode=0o600)
         key = path.read_bytes()
         if len(key) != SIGNING_KEY_BYTES:

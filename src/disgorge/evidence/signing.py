@@ -34,15 +34,14 @@ def canonical(cert: dict[str, Any]) -> bytes:
 
 def load_or_create_key(ws: Workspace) -> Ed25519PrivateKey:
     """The workspace's signing key (``.disgorge/signing.key``), created on first use in older workspaces."""
-    key = ws.signing_key(create=True)
-    assert key is not None
-    return Ed25519PrivateKey.from_private_bytes(key)
+    return Ed25519PrivateKey.from_private_bytes(ws.signing_key())
 
 
 def workspace_public_key(ws: Workspace) -> str | None:
     """The base64 raw public key of the workspace's signing key, or None when it has none (nothing is created)."""
-    key = ws.signing_key(create=False)
-    return None if key is None else public_key_b64(Ed25519PrivateKey.from_private_bytes(key))
+    if not ws.signing_key_path.exists():
+        return None
+    return public_key_b64(Ed25519PrivateKey.from_private_bytes(ws.signing_key()))
 
 
 def public_key_b64(private_key: Ed25519PrivateKey) -> str:
