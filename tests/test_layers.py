@@ -15,8 +15,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "disgorge"
 
 # Lowest first. A group is a top-level module or a subpackage of disgorge; groups on one line are independent.
 LAYERS = [
-    ["errors", "_io", "_progress"],
-    ["_registry", "spec", "catalogue"],
+    ["errors", "_progress"],
+    ["_io", "_registry"],
+    ["spec", "catalogue"],
     ["ledger", "evaluate", "executors"],
     ["models"],
     ["tasks"],

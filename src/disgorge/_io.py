@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import DisgorgeError, NotFound
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry so a rename inside it survives a crash."""
@@ -43,3 +45,15 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def read_text(path: Path, what: str, error: type[DisgorgeError] = DisgorgeError,
+              missing: type[DisgorgeError] = NotFound) -> str:
+    """A UTF-8 text file's content; ``missing`` (a file that does not exist) or ``error`` (one that cannot be read
+    as UTF-8 text) with a one-line message naming ``what`` it should have been."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise missing(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path} as UTF-8 text ({type(exc).__name__}: {exc})") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from ._io import sha256_bytes
+from ._io import read_text, sha256_bytes
 from .errors import DisgorgeError
 
 if sys.version_info >= (3, 11):
@@ -130,14 +130,8 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read and validate a recipe file."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RecipeError(f"recipe file {p} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"cannot read recipe file {p}: {exc}") from None
-        return cls.from_toml(text, where=f"recipe {p}")
+        text = read_text(Path(path), "recipe file", RecipeError, missing=RecipeError)
+        return cls.from_toml(text, where=f"recipe {path}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as written to TOML."""

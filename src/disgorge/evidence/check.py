@@ -12,6 +12,7 @@ from typing import Any
 
 from pyroaring import BitMap
 
+from .._io import read_text
 from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from ..models import store
 from ..workspace import Workspace
@@ -210,12 +211,7 @@ def check_certificate(path: str | Path, ws: Workspace | None = None) -> dict[str
     (:class:`InvalidRequest`).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NotFound(f"no certificate file {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"certificate {path} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    text = read_text(path, "certificate file", IntegrityError)
     try:
         cert = json.loads(text)
     except json.JSONDecodeError as exc:
