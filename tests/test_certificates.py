@@ -153,6 +153,27 @@ def test_resigned_with_another_key_fails_the_workspace_key_check(certified):
     assert [c["name"] for c in result["checks"] if not c["passed"]] == ["workspace_key"]
 
 
+@pytest.mark.parametrize("change", [
+    lambda c: c.__setitem__("records", 5),
+    lambda c: c["erasure_request"].__setitem__("sources", [{"name": ["x"], "records": 1}]),
+    lambda c: c.__setitem__("models", "m2"),
+], ids=["records-not-a-table", "source-name-a-list", "models-not-a-table"])
+def test_malformed_content_is_reported_not_raised(certified, change):
+    """A hand-edited certificate whose content has the wrong shape is reported invalid, never a traceback."""
+    ws, path, _ = certified
+    _edit(path, change)
+    result = check_certificate(path, ws)
+    assert not result["valid"] and not _checks(result)["signature"]
+
+
+def test_content_json_cannot_encode_is_reported_not_raised(certified):
+    """A lone surrogate in the text (valid JSON escape, not encodable) fails the signature check cleanly."""
+    _, path, _ = certified
+    path.write_text(path.read_text().replace('"reason": "withdrew consent"', '"reason": "\\ud800"'))
+    result = check_certificate(path)
+    assert not result["valid"] and "canonical form" in result["checks"][0]["detail"]
+
+
 def test_replaced_weights_fail_the_weights_check(certified):
     """A model's weights file with other bytes no longer matches the certificate's sha256."""
     ws, path, cert = certified

@@ -15,6 +15,7 @@ import pytest
 
 from disgorge import Recipe, __version__, forget, get_method, train
 from disgorge.cli import _parse_ids, _ranges, _split_verbosity
+from disgorge.errors import InvalidRequest
 from disgorge.evaluate import accuracy
 from disgorge.methods.registry import describe_methods
 from disgorge.spec import RECIPE_TEMPLATES
@@ -185,3 +186,15 @@ def test_report_and_certificate_check_from_the_command_line(backdoor_ws):
     forged.write_text(json.dumps(tampered), encoding="utf-8")
     proc = cli("certificate", "check", forged)
     assert proc.returncode == 1 and "NOT VALID" in proc.stdout and "signature" in proc.stdout
+
+
+def test_bad_selectors_are_refused_and_disk_use_counts_only_the_workspace(backdoor_ws):
+    """An unknown record state or a backwards id range is a one-line error; files a user keeps beside the
+    workspace's own folders are not its disk use."""
+    with pytest.raises(InvalidRequest, match="record state must be one of active, held, erased"):
+        backdoor_ws.ledger.record_index(states=["bogus"])
+    with pytest.raises(InvalidRequest, match="runs backwards; write it as 1-3"):
+        _parse_ids("3-1")
+    before = backdoor_ws.status()["disk_bytes"]
+    (backdoor_ws.root / "notes.bin").write_bytes(b"\0" * 1_000_000)
+    assert backdoor_ws.status()["disk_bytes"] == before

@@ -96,3 +96,15 @@ def test_bad_input_is_refused_in_one_line(users_model, kwargs, error, message):
         args["optimizer"] = torch.optim.RMSprop(model.parameters())
     with pytest.raises(error, match=message):
         disgorge.unlearn(model, **args)
+
+
+def test_batch_size_overrides_a_given_train_spec(users_model):
+    """A TrainSpec gives the optimiser settings; an explicit batch size still sets the batches (360 retain records
+    in batches of 60: six steps per epoch)."""
+    from disgorge.spec import TrainSpec
+
+    model, _, forget, retain = users_model
+    method = disgorge.get_method("finetune", epochs=1)
+    disgorge.unlearn(model, forget=forget, retain=retain, method=method, optimizer=TrainSpec(lr=1e-3),
+                     batch_size=60)
+    assert method.fit_result_.steps == 6

@@ -77,7 +77,9 @@ def test_float_options_accept_integers_as_floats():
 def test_method_contract_is_enforced_at_registration():
     """A method class that overrides the shared check or unlearn, or whose Config is not a MethodConfig dataclass,
     is refused when it registers."""
-    from disgorge.methods import FineTuneConfig, Method, register
+    import dataclasses
+
+    from disgorge.methods import FineTuneConfig, Method, option, register
 
     class Sneaky(Method):
         name, family, summary, paper = "sneaky", "fine-tune", "skips the checks", "none"
@@ -101,7 +103,21 @@ def test_method_contract_is_enforced_at_registration():
 
     with pytest.raises(TypeError, match="Config must be a dataclass extending MethodConfig"):
         register(Untyped)
-    assert "sneaky" not in METHODS and "untyped" not in METHODS
+
+    @dataclasses.dataclass
+    class ListConfig(FineTuneConfig):
+        layers: tuple[int, ...] = option((1,), "a list option")
+
+    class Listy(Method):
+        name, family, summary, paper = "listy", "fine-tune", "a list option", "none"
+        Config = ListConfig
+
+        def _unlearn(self, model, request):
+            return model
+
+    with pytest.raises(TypeError, match="option\\(s\\) layers must be int, float, str or bool"):
+        register(Listy)
+    assert "sneaky" not in METHODS and "untyped" not in METHODS and "listy" not in METHODS
 
 
 def test_a_method_file_cannot_vanish(tmp_path, monkeypatch):

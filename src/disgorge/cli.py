@@ -303,9 +303,12 @@ def _parse_ids(text: str | None) -> list[int]:
         part = part.strip()
         lo, sep, hi = part.partition("-")
         try:
-            ids += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
         except ValueError:
             raise InvalidRequest(f"--records takes ids like 3,7,10-20; {part!r} is not one") from None
+        if last < first:
+            raise InvalidRequest(f"--records: range {part!r} runs backwards; write it as {last}-{first}")
+        ids += range(first, last + 1)
     return ids
 
 

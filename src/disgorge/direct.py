@@ -11,6 +11,7 @@ instance instead of a name to read what the run did afterwards (``fit_result_``,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -46,24 +47,25 @@ def unlearn(model: nn.Module, *, forget: Any, retain: Any, method: str | Method 
     data = retain_data if len(retain_data) else forget_data
     info = task.model_info(model, data) if len(data) else {}
     request = UnlearnRequest(task=task, forget=forget_data, retain=retain_data, data_info=info, seed=seed,
-                             train=_train_spec(optimizer, batch_size or _batch_size(retain) or TrainSpec().batch_size))
+                             train=_train_spec(optimizer, batch_size or _batch_size(retain)))
     return method.unlearn(model, request)
 
 
-def _train_spec(optimizer: torch.optim.Optimizer | TrainSpec | None, batch_size: int) -> TrainSpec:
-    """The optimiser settings methods reuse, read from the user's optimiser."""
+def _train_spec(optimizer: torch.optim.Optimizer | TrainSpec | None, batch_size: int | None) -> TrainSpec:
+    """The optimiser settings methods reuse, read from the user's optimiser; ``batch_size`` (when given or read
+    from the retain DataLoader) overrides the spec's."""
     if optimizer is None:
-        return TrainSpec(batch_size=batch_size)
+        return TrainSpec() if batch_size is None else TrainSpec(batch_size=batch_size)
     if isinstance(optimizer, TrainSpec):
-        return optimizer
+        return optimizer if batch_size is None else dataclasses.replace(optimizer, batch_size=batch_size)
     kind = _OPTIMIZERS.get(type(optimizer))
     if kind is None:
         raise ConfigError(f"optimizer {type(optimizer).__name__} is not one disgorge's methods can reuse; "
-                                 f"pass a TrainSpec with one of {', '.join(sorted(_OPTIMIZERS.values()))}")
+                          f"pass a TrainSpec with one of {', '.join(sorted(_OPTIMIZERS.values()))}")
     defaults = optimizer.defaults
     momentum = defaults.get("momentum", 0.9) if kind == "sgd" else 0.9
     return TrainSpec(optimizer=kind, lr=float(defaults["lr"]), weight_decay=float(defaults.get("weight_decay", 0.0)),
-                     momentum=float(momentum), batch_size=batch_size)
+                     momentum=float(momentum), batch_size=batch_size or TrainSpec().batch_size)
 
 
 def _batch_size(data: Any) -> int | None:

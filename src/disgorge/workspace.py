@@ -226,16 +226,14 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """A summary of the workspace: sources; records by state and split; models by kind and status; requests
         by status, with the deferred erasures still pending; tombstones; bytes on disk."""
-        records: dict[str, dict[str, int]] = {}
-        for _, _, split, state in self.ledger.record_index():
-            records.setdefault(state, {}).setdefault(split, 0)
-            records[state][split] += 1
+        records = self.ledger.record_counts()
         models: dict[str, dict[str, int]] = {}
         for m in self.ledger.models():
             models.setdefault(m.kind, {}).setdefault(m.status, 0)
             models[m.kind][m.status] += 1
         requests = self.ledger.requests()
-        disk = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file() and not f.is_symlink())
+        disk = sum(f.stat().st_size for folder in (self.root / STATE_DIR, self.models_dir, self.reports_dir)
+                   for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
         return {"workspace": str(self.root), "schema": self.ledger.schema_version, "scenario": self.scenario,
                 "sources": len(self.ledger.sources()),
                 "records": {state: {"total": sum(by.values()), **by} for state, by in sorted(records.items())},

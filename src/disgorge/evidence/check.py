@@ -34,22 +34,32 @@ def check(cert: dict[str, Any], ws: Workspace | None = None) -> dict[str, Any]:
     else:
         scope = (f"signature, and against workspace {ws.root}: its signing key, the models' weights files and the "
                  "ledger's model and request rows")
-        _workspace_key(cert, ws, checks)
-        models = _models(cert, checks)
-        if models is not None:
-            rejected = cert.get("outcome") == "rejected"
-            for role, (model_id, sha) in models.items():
-                if role == "child" and rejected:
-                    skipped.append({"name": "weights:child", "detail": f"model {model_id} of a rejected certificate "
-                                    "was discarded, never committed, so it has no weights file"})
-                    _absent_model(ws, model_id, checks)
-                    continue
-                _weights(ws, role, model_id, sha, checks)
-                _model_row(ws, role, model_id, sha, checks)
-            _lineage(cert, ws, models, rejected, checks)
-            _request(cert, ws, models, rejected, checks, skipped)
+        try:
+            _against_workspace(cert, ws, checks, skipped)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited, malformed certificate
+            _add(checks, "structure", False, f"the certificate's content is malformed, so it cannot be checked "
+                                              f"against the workspace ({type(exc).__name__}: {exc})")
     return {"valid": all(c["passed"] for c in checks), "scope": scope, "format": cert.get("format"),
             "request": cert.get("request"), "checks": checks, "skipped": skipped}
+
+
+def _against_workspace(cert: dict[str, Any], ws: Workspace, checks: list[dict[str, Any]],
+                       skipped: list[dict[str, str]]) -> None:
+    """The checks of ``cert`` against the workspace: its key, the weights files, the ledger's rows."""
+    _workspace_key(cert, ws, checks)
+    models = _models(cert, checks)
+    if models is not None:
+        rejected = cert.get("outcome") == "rejected"
+        for role, (model_id, sha) in models.items():
+            if role == "child" and rejected:
+                skipped.append({"name": "weights:child", "detail": f"model {model_id} of a rejected certificate "
+                                "was discarded, never committed, so it has no weights file"})
+                _absent_model(ws, model_id, checks)
+                continue
+            _weights(ws, role, model_id, sha, checks)
+            _model_row(ws, role, model_id, sha, checks)
+        _lineage(cert, ws, models, rejected, checks)
+        _request(cert, ws, models, rejected, checks, skipped)
 
 
 def _add(checks: list[dict[str, Any]], name: str, passed: bool, detail: str) -> None:

@@ -71,6 +71,8 @@ def signature_problem(cert: dict[str, Any]) -> str | None:
         return "the signature block's public key or value is not valid base64 of the right length"
     try:
         public.verify(value, canonical(cert))
+    except (TypeError, ValueError):  # content JSON cannot encode (a lone surrogate, a non-string key)
+        return "the certificate's content cannot be put in canonical form, so it cannot be what was signed"
     except InvalidSignature:
         return "the signature does not match the content: the certificate was changed after it was signed"
     return None

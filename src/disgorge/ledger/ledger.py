@@ -22,6 +22,7 @@ from . import payload as pl
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 SPLITS = ("train", "test")
+STATES = ("active", "held", "erased")
 
 
 def now() -> str:
@@ -353,9 +354,19 @@ class Ledger:
             q += " AND r.split=?"
             args.append(split)
         if states:
+            unknown = sorted(set(states) - set(STATES))
+            if unknown:
+                raise InvalidRequest(f"record state must be one of {', '.join(STATES)}, got {', '.join(unknown)}")
             q += f" AND r.state IN ({','.join('?' * len(states))})"
             args += list(states)
         return [tuple(r) for r in self._db.execute(q + " ORDER BY r.id", args)]
+
+    def record_counts(self) -> dict[str, dict[str, int]]:
+        """Number of records per state and split."""
+        out: dict[str, dict[str, int]] = {}
+        for state, split, n in self._db.execute("SELECT state, split, COUNT(*) FROM records GROUP BY state, split"):
+            out.setdefault(state, {})[split] = n
+        return out
 
     def count_records(self) -> dict[str, int]:
         """Number of records per state."""

@@ -55,6 +55,7 @@ def lr_option(default: float) -> Any:
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+OPTION_TYPES = tuple(_TYPE_NAMES)  # the types an option field may declare (each optionally ``| None``)
 
 
 def _accepts(kind: type, value: Any) -> bool:
@@ -81,7 +82,7 @@ class MethodConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            kind, optional = _field_type(hints[f.name])
+            kind, optional = option_type(hints[f.name])
             if value is None:
                 if not optional:
                     raise ConfigError(f"option {f.name} must be set")
@@ -144,7 +145,7 @@ class MethodConfig:
         return 0
 
 
-def _field_type(hint: Any) -> tuple[type, bool]:
+def option_type(hint: Any) -> tuple[type, bool]:
     """A field's declared type and whether it may be None (``X | None``)."""
     args = typing.get_args(hint)
     if args and type(None) in args:

@@ -11,7 +11,7 @@ from .. import catalogue
 from .._registry import Registry
 from ..errors import InvalidRequest
 from ..spec import tomllib
-from .base import Method, MethodConfig
+from .base import OPTION_TYPES, Method, MethodConfig, option_type
 
 METHODS: Registry = Registry("method", "see `disgorge methods`")
 
@@ -28,6 +28,11 @@ def register(cls: type[Method]) -> type[Method]:
             raise TypeError(f"method class {cls.__name__} must define {attr!r}")
     if not issubclass(cls.Config, MethodConfig) or not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass extending MethodConfig")
+    hints = typing.get_type_hints(cls.Config)
+    odd = [f.name for f in dataclasses.fields(cls.Config) if option_type(hints[f.name])[0] not in OPTION_TYPES]
+    if odd:
+        raise TypeError(f"{cls.__name__}.Config option(s) {', '.join(odd)} must be int, float, str or bool "
+                        "(optionally | None): those are the types options are checked against")
     overridden = [name for name in FINAL if getattr(cls, name) is not getattr(Method, name)]
     if overridden:
         raise TypeError(f"method class {cls.__name__} overrides {', '.join(overridden)}; override the hooks "
