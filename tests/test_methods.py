@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -74,50 +76,39 @@ def test_float_options_accept_integers_as_floats():
     assert isinstance(cfg.lr, float) and isinstance(cfg.max_seconds, float)
 
 
-def test_method_contract_is_enforced_at_registration():
-    """A method class that overrides the shared check or unlearn, or whose Config is not a MethodConfig dataclass,
-    is refused when it registers."""
-    import dataclasses
+def _method_class(name: str, config: type, **members):
+    """A method class for the registration tests (not registered)."""
+    from disgorge.methods import Method
 
-    from disgorge.methods import FineTuneConfig, Method, option, register
+    body = {"name": name, "family": "fine-tune", "summary": name, "paper": "none", "Config": config,
+            "_unlearn": lambda self, model, request: model, **members}
+    return type(name.title(), (Method,), body)
 
-    class Sneaky(Method):
-        name, family, summary, paper = "sneaky", "fine-tune", "skips the checks", "none"
-        Config = FineTuneConfig
 
-        def check(self, request):
-            return None
-
-        def _unlearn(self, model, request):
-            return model
-
-    with pytest.raises(TypeError, match="overrides check"):
-        register(Sneaky)
-
-    class Untyped(Method):
-        name, family, summary, paper = "untyped", "fine-tune", "plain config", "none"
-        Config = dict
-
-        def _unlearn(self, model, request):
-            return model
-
-    with pytest.raises(TypeError, match="Config must be a dataclass extending MethodConfig"):
-        register(Untyped)
+def _list_config() -> type:
+    from disgorge.methods import FineTuneConfig, option
 
     @dataclasses.dataclass
     class ListConfig(FineTuneConfig):
         layers: tuple[int, ...] = option((1,), "a list option")
 
-    class Listy(Method):
-        name, family, summary, paper = "listy", "fine-tune", "a list option", "none"
-        Config = ListConfig
+    return ListConfig
 
-        def _unlearn(self, model, request):
-            return model
 
-    with pytest.raises(TypeError, match="option\\(s\\) layers must be int, float, str or bool"):
-        register(Listy)
-    assert "sneaky" not in METHODS and "untyped" not in METHODS and "listy" not in METHODS
+@pytest.mark.parametrize(("name", "config", "members", "message"), [
+    ("sneaky", "fine-tune", {"check": lambda self, request: None}, "overrides check"),
+    ("untyped", dict, {}, "Config must be a dataclass extending MethodConfig"),
+    ("listy", "list", {}, "option\\(s\\) layers must be int, float, str or bool"),
+])
+def test_method_contract_is_enforced_at_registration(name, config, members, message):
+    """A method class that overrides the shared check, whose Config is not a MethodConfig dataclass, or whose
+    options are of a type options cannot be checked against, is refused when it registers."""
+    from disgorge.methods import FineTuneConfig, register
+
+    config = {"fine-tune": FineTuneConfig, "list": _list_config()}.get(config, config)
+    with pytest.raises(TypeError, match=message):
+        register(_method_class(name, config, **members))
+    assert name not in METHODS
 
 
 def test_a_method_file_cannot_vanish(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from ._io import atomic_write_text
 from .api import ingest_scenario, train
 from .errors import InvalidRequest
 from .evaluate.metrics import avg_gap
+from .evidence.certificate import processor
 from .executors import Executor, get_executor
 from .jobs import Job, Problem, run, strong_test
 from .methods import METHODS
@@ -175,14 +176,6 @@ def machine() -> dict[str, Any]:
     """What the benchmark ran on."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1) if mem else None,
+    return {"cpu": processor(), "cores": os.cpu_count(), "memory_gib": round(mem, 1) if mem else None,
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}

@@ -268,7 +268,7 @@ def machine(*models: nn.Module) -> dict[str, Any]:
     """The machine (platform, processor, cores) and the device(s) the ``models``' weights are on."""
     devices = sorted({str(p.device) for m in models for p in m.parameters()}) or ["cpu"]
     out: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                           "processor": _processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "processor": processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "device": ", ".join(devices)}
     cuda = [d for d in devices if d.startswith("cuda")]
     if cuda:
@@ -276,7 +276,7 @@ def machine(*models: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _processor() -> str:
+def processor() -> str:
     """The CPU's model name where the system tells it (Linux), else what :func:`platform.processor` says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:

@@ -14,7 +14,7 @@ import json
 import platform
 import re
 from datetime import datetime, timezone
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_write_text
 from ..errors import InvalidRequest, NotFound
-from ..evidence.certificate import figure_rows
+from ..evidence.certificate import figure_rows, software_versions
 from ..evidence.signing import signature_problem
 from ..ledger import ModelRow, RequestRow
 from ..workspace import Workspace
@@ -290,13 +290,10 @@ def _text(v: Any) -> str:
 
 def _environment() -> list[tuple[str, str]]:
     """Where this report was rendered (the certificate's own provenance is shown when it carries one)."""
-    try:
-        version = metadata.version("disgorge")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    versions = software_versions()
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    return [("disgorge", version), ("torch", torch.__version__), ("device", device),
-            ("python", platform.python_version()), ("platform", platform.platform(terse=True))]
+    return [("disgorge", versions["disgorge"] or "unknown"), ("torch", torch.__version__), ("device", device),
+            ("python", versions["python"] or "unknown"), ("platform", platform.platform(terse=True))]
 
 
 # -- lineage diagram --------------------------------------------------------------------------------------------------
