@@ -10,14 +10,16 @@ from typing import Any
 from torch import nn
 
 from .data import load_file
-from .erasure import ForgetResult, VerificationFailed, ensure_reference, forget
+from .data.files import holdout_split
+from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, forget, training_seconds
 from .errors import DisgorgeError, InvalidRequest
-from .evidence.certificate import Thresholds, certify, write_certificate
+from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
+from .evidence.judge import EXACT, HELDOUT, LEVELS, NoComparison, Thresholds
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
-from .scenarios import get_scenario, workspace_probes
+from .scenarios import get_scenario, workspace_probes, workspace_purpose
 from .spec import Recipe
 from .tasks import RecordDataset, Task, check_recipe
 from .training.trainer import fit_recipe
@@ -45,9 +47,18 @@ def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
 
 
 def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, origin: str = "",
-                label: str = "label", attributes: Sequence[str] = (), split: str = "train") -> IngestResult:
-    """Ingest a CSV, NPZ or JSON Lines file as records of ``source`` (created if new) under ``license``."""
-    records = load_file(path, label=label, attributes=attributes, split=split)
+                label: str = "label", attributes: Sequence[str] = (), split: str = "train", holdout: float = 0.0,
+                holdout_seed: int = 0) -> IngestResult:
+    """Ingest a CSV, NPZ or JSON Lines file as records of ``source`` (created if new) under ``license``.
+
+    ``holdout`` keeps a seeded random share of the file's records (stratified by label for classification) as
+    held-out records of the same source, in split ``test``; the rest go to ``split`` (which must be ``train``).
+    """
+    if not 0 <= holdout < 1:
+        raise InvalidRequest(f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
+    if holdout and split != "train":
+        raise InvalidRequest(f"--holdout splits a file into train and test; drop --split {split} or --holdout")
+    records = holdout_split(load_file(path, label=label, attributes=attributes, split=split), holdout, holdout_seed)
     if not license:
         raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")
     with ws.ledger.transaction():  # a refused ingest leaves no new source behind
@@ -88,12 +99,18 @@ def _accuracy(ws: Workspace, task: Task, model: nn.Module, train: RecordDataset)
             "test": test}
 
 
-def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None) -> dict[str, Any]:
-    """Verify an unlearned model against its parent and a retrained reference; returns the certificate.
+def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | None = None,
+           exact_budget: float = EXACT_BUDGET, thresholds: Thresholds | None = None) -> dict[str, Any]:
+    """Verify an unlearned model against its parent at an evidence ``level`` (``exact``: against a model
+    retrained without the forgotten records; ``heldout``: against held-out data, nothing trained; ``auto``: exact
+    when a reference is cached or the original trained in at most ``exact_budget`` seconds); returns the
+    certificate. ``purpose`` defaults to the request's.
 
     If the request's records were already erased, the forget-set figures cannot be measured again: the certificate
     recorded at erasure time is returned after re-checking the weights' sha256, and its files are rewritten.
     """
+    if level not in (AUTO, *LEVELS):
+        raise InvalidRequest(f"unknown verification level {level!r}; choose one of {AUTO}, {', '.join(LEVELS)}")
     row, req = _unlearned(ws, model_id)
     child_model, _, task = ws.load_model(model_id)
     if req.status == "erased":
@@ -106,12 +123,28 @@ def verify(ws: Workspace, model_id: str, *, thresholds: Thresholds | None = None
     parent = ws.ledger.model(row.parent)
     parent_model, _, _ = ws.load_model(parent.id)
     forget_ids = parent.records & req.records
-    reference_model, reference = ensure_reference(ws, parent, parent.records - forget_ids)
-    cert = certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
-                   reference=reference, reference_model=reference_model, forget_ids=forget_ids,
-                   request_id=req.id, method=row.method or "", config=row.info.get("config", {}),
-                   report=row.info.get("report", {}), thresholds=thresholds, probes=workspace_probes(ws),
-                   selector=req.selector, reason=req.reason, requested_at=req.created_at)
+    retain_ids = parent.records - forget_ids
+    auto = level == AUTO
+    if auto:
+        cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids) is not None
+        level = EXACT if cached or training_seconds(ws, parent) <= exact_budget else HELDOUT
+    purpose = purpose or req.results.get("purpose") or workspace_purpose(ws)
+
+    def at(chosen: str) -> dict[str, Any]:
+        reference_model, reference = ensure_reference(ws, parent, retain_ids) if chosen == EXACT else (None, None)
+        return certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
+                       reference=reference, reference_model=reference_model, purpose=purpose,
+                       forget_ids=forget_ids, request_id=req.id, method=row.method or "",
+                       config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds,
+                       probes=workspace_probes(ws), selector=req.selector, reason=req.reason,
+                       requested_at=req.created_at)
+
+    try:
+        cert = at(level)
+    except NoComparison:
+        if not auto:
+            raise
+        cert = at(EXACT)
     _keep_certificate(ws, req.id, model_id, cert)
     return cert
 

@@ -98,6 +98,9 @@ def ingest(
     label: Annotated[str, typer.Option(help="CSV label column")] = "label",
     attribute: Annotated[list[str] | None, typer.Option(help="CSV column kept as a group attribute")] = None,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
+    holdout: Annotated[float, typer.Option(help="keep this fraction of the file (stratified by label) as held-out "
+                                                "records of the same source, in split test")] = 0.0,
+    holdout_seed: Annotated[int, typer.Option(help="seed of the --holdout draw")] = 0,
     workspace: WorkspaceOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -108,6 +111,8 @@ def ingest(
         if scenario is not None:
             if file is not None:
                 raise InvalidRequest("give either a FILE or --scenario, not both")
+            if holdout:
+                raise InvalidRequest("--holdout applies to a FILE; a scenario brings its own held-out records")
             results = api.ingest_scenario(ws, scenario)
         elif file is None:
             raise InvalidRequest("give a FILE to ingest or --scenario NAME (see `disgorge scenarios`)")
@@ -115,13 +120,16 @@ def ingest(
             if not source or not license:
                 raise InvalidRequest("a file needs --source NAME and --license SPDX-ID for its provenance")
             results = [api.ingest_file(ws, file, source=source, license=license, origin=origin, label=label,
-                                       attributes=attribute or (), split=split)]
+                                       attributes=attribute or (), split=split, holdout=holdout,
+                                       holdout_seed=holdout_seed)]
+        held = [len(ws.ledger.record_ids(sources=[r.source], split="test", states=()) & r.added) for r in results]
         data = {"sources": [{"source": r.source, "added": len(r.added), "duplicates": r.duplicates,
-                             "ids": _ranges(r.added)} for r in results],
-                "added": sum(len(r.added) for r in results), "duplicates": sum(r.duplicates for r in results)}
+                             "held_out": h, "ids": _ranges(r.added)} for r, h in zip(results, held, strict=True)],
+                "added": sum(len(r.added) for r in results), "duplicates": sum(r.duplicates for r in results),
+                "held_out": sum(held)}
         _emit(data, as_json, lambda: out.print(
             f"ingested {data['added']} records from {len(results)} source(s); skipped {data['duplicates']} exact "
-            "duplicate(s)"))
+            "duplicate(s)" + (f"; kept {data['held_out']} as held-out (split test)" if holdout else "")))
 
 
 @app.command()

@@ -3,8 +3,9 @@
 Order of work, so that a failure at any step erases nothing and leaves no half-written model:
 1. resolve the selection and the affected models (errors here change nothing);
 2. unlearn each affected model and write its child folder (folders are invisible until the ledger names them);
-3. verify each child against a retrained reference (references are clean models, trained here and cached as they
-   are made);
+3. verify each child, at the evidence level the request asks for: against a retrained reference (``exact``;
+   references are clean models, trained here and cached as they are made) or against held-out data (``heldout``,
+   nothing trained); ``auto`` retrains only when the original's training took at most ``exact_budget`` seconds;
 4. one ledger transaction records the request and the children, supersedes the parents, and erases the payloads
    (secure_delete) leaving tombstones; certificate files are written after it, from what the ledger holds.
 """
@@ -21,11 +22,12 @@ from pyroaring import BitMap
 from torch import nn
 
 from .errors import DisgorgeError, InvalidRequest
-from .evidence.certificate import Thresholds, certify, write_certificate
+from .evidence.certificate import certify, robustness_block, write_certificate
+from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe
 from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
-from .scenarios import workspace_probes
+from .scenarios import workspace_probes, workspace_purpose
 from .tasks import Task
 from .training.trainer import fit_recipe
 from .workspace import Workspace
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 AUTO_BUDGET = 0.5  # each candidate of --method auto may take this share of the original training time
 AUTO_OPTIONS = ("max_steps", "max_seconds", "max_retain_drop")  # the options auto passes to every candidate
+EXACT_BUDGET = 60.0
+"""``verify="auto"`` retrains a reference only for models whose training took at most this many seconds."""
+VERIFY_CHOICES = (AUTO, *LEVELS, "none")
+"""What ``forget(verify=...)`` takes: an evidence level, ``auto``, or ``none`` (no verification)."""
 
 Certificate = dict[str, Any]
 
@@ -99,6 +105,9 @@ class _Request:
     selector: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     created_at: str | None = None
+    verify: str = AUTO
+    exact_budget: float = EXACT_BUDGET
+    purpose: str = "privacy"
 
 
 Unlearner = Callable[[_Request, ModelRow], tuple[ModelRow, Certificate | None]]
@@ -106,23 +115,35 @@ Unlearner = Callable[[_Request, ModelRow], tuple[ModelRow, Certificate | None]]
 
 def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int] = (),
            random_fraction: float | None = None, seed: int = 0, model: str | None = None, method: str = "grad_diff",
-           options: dict[str, Any] | None = None, reason: str = "", verify: bool = True, erase: bool = True,
+           options: dict[str, Any] | None = None, reason: str = "", verify: str | bool = AUTO, erase: bool = True,
            thresholds: Thresholds | None = None, accept_failed: bool = False,
-           budget_fraction: float = AUTO_BUDGET) -> ForgetResult:
+           budget_fraction: float = AUTO_BUDGET, exact_budget: float = EXACT_BUDGET,
+           purpose: str | None = None) -> ForgetResult:
     """Remove the selected records' effect from every model that saw them, verify, then erase them.
 
-    ``method="auto"`` tries every suitable method, each within ``budget_fraction`` of the parent's training time,
-    and keeps the one closest to the retrained reference (smallest Avg Gap). A result that fails verification
-    aborts the request (nothing erased, the rejected certificate kept for inspection) unless ``accept_failed``.
+    ``verify`` is the evidence level: ``exact`` (against a model retrained without the records), ``heldout``
+    (reference-free: against held-out data, nothing trained), ``auto`` (``exact`` only for a model whose training
+    took at most ``exact_budget`` seconds or whose reference is cached, and where held-out data of the forget set's
+    kind is missing) or ``none``. ``purpose`` (privacy, copyright, poison, bias; default: the scenario's, else
+    privacy) picks the decisive figures. ``method="auto"`` tries every suitable method, each within
+    ``budget_fraction`` of the parent's training time, and keeps the best verified one. A result that fails
+    verification aborts the request (nothing erased, the rejected certificate kept for inspection) unless
+    ``accept_failed``; one whose original was already indistinguishable from an unseen set is committed.
     """
+    level = _verify_choice(verify)
+    purpose = purpose or workspace_purpose(ws)
+    if purpose not in PURPOSES:
+        raise InvalidRequest(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
+    if exact_budget < 0:
+        raise InvalidRequest(f"--exact-budget must be at least 0 seconds, got {exact_budget}")
     ids = ws.select(sources=sources, records=records, random_fraction=random_fraction, seed=seed)
-    unlearner = _auto(options or {}, budget_fraction, verify) if method == AUTO else \
-        _named(get_method(method, **(options or {})), verify)
+    unlearner = _auto(options or {}, budget_fraction, level != "none") if method == AUTO else \
+        _named(get_method(method, **(options or {})), level != "none")
     parents = _parents(ws, ids, model, erase)
     selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
                 "random_fraction": random_fraction, "seed": seed, "model": model}
     request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws), selector, reason,
-                       now())
+                       now(), level, exact_budget, purpose)
     children: list[ModelRow] = []
     certificates: list[Certificate] = []
     try:
@@ -144,6 +165,15 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     return ForgetResult(request.request_id, len(ids), children, certificates, paths, erase)
 
 
+def _verify_choice(verify: str | bool) -> str:
+    """``verify`` as one of :data:`VERIFY_CHOICES` (True means auto, False none)."""
+    if isinstance(verify, bool):
+        return AUTO if verify else "none"
+    if verify not in VERIFY_CHOICES:
+        raise InvalidRequest(f"unknown verification level {verify!r}; choose one of {', '.join(VERIFY_CHOICES)}")
+    return verify
+
+
 def _parents(ws: Workspace, ids: BitMap, model: str | None, erase: bool) -> list[ModelRow]:
     """The models to unlearn; refuses a request that would leave a model holding erased records or nothing."""
     parents = affected_models(ws, ids, model)
@@ -161,7 +191,10 @@ def _parents(ws: Workspace, ids: BitMap, model: str | None, erase: bool) -> list
 
 def _refuse_failed(request: _Request, parent: ModelRow, cert: Certificate, accept_failed: bool) -> None:
     """Abort the request on a failed certificate (kept on disk as rejected) unless the user accepts it."""
-    if cert["passed"] or accept_failed:
+    if cert["verdict"] == "indistinguishable":
+        log.warning("request %d: the original %s was already indistinguishable from a model that never saw these "
+                    "records on the decisive figures; the certificate says so", request.request_id, parent.id)
+    if cert["verdict"] != "failed" or accept_failed:
         return
     cert["outcome"] = "rejected"
     path = write_certificate(request.ws, cert)["json"]
@@ -178,7 +211,7 @@ def _commit(request: _Request, parents: list[ModelRow], children: list[ModelRow]
     ws, ids = request.ws, request.ids
     supersede = [p.id for p in parents] + [r.id for r in ws.ledger.models(kinds=("reference",), status="active")
                                            if r.records & ids]
-    results = {"children": [c.id for c in children],
+    results = {"children": [c.id for c in children], "purpose": request.purpose,
                "certificates": {c["models"]["child"]["id"]: c for c in certificates}}
     ws.ledger.commit_request(request_id=request.request_id, selector=selector, reason=reason, method=method,
                              records=ids, affected=[p.id for p in parents], children=children,
@@ -231,42 +264,56 @@ def _auto_one(request: _Request, parent: ModelRow, options: dict[str, Any],
         raise InvalidRequest("--method auto chooses by verification, which needs held-out records (split 'test')")
     budget = max(budget_fraction * training_seconds(ws, parent), 0.05)
     tried: list[dict[str, Any]] = []
-    best: tuple[ModelRow, Certificate] | None = None
+    best: tuple[_Child, Certificate] | None = None
     try:
         for name in auto_candidates():
             best = _auto_try(request, parent, name, {"max_seconds": budget, **options}, tried, best)
     except BaseException:
         if best is not None:
-            shutil.rmtree(ws.model_dir(best[0].id), ignore_errors=True)
+            shutil.rmtree(ws.model_dir(best[0].row.id), ignore_errors=True)
         raise
     if best is None:
         raise InvalidRequest(f"--method auto found no method that could serve model {parent.id}")
     child, cert = best
+    cert["robustness"] = _robustness_of(request, parent, child, cert)
+    child = child.row
     cert["auto"] = {"budget_seconds_each": round(budget, 4), "chosen": cert["method"], "candidates": tried,
                     "total_seconds": round(sum(t.get("seconds", 0.0) for t in tried), 4)}
     return child, cert
 
 
 def _auto_try(request: _Request, parent: ModelRow, name: str, options: dict[str, Any], tried: list[dict[str, Any]],
-              best: tuple[ModelRow, Certificate] | None) -> tuple[ModelRow, Certificate] | None:
+              best: tuple[_Child, Certificate] | None) -> tuple[_Child, Certificate] | None:
     """Run one candidate of ``--method auto``; return the better of it and ``best`` (removing the other's folder)."""
     log.info("auto: trying %s", name)
     try:
         unlearned = unlearn_child(request, parent, _candidate(name, options))
-        child, cert = unlearned.row, certify_child(request, parent, unlearned)
+        cert = certify_child(request, parent, unlearned, robust=False)
     except DisgorgeError as exc:  # a refusal or a divergence disqualifies this candidate only
         tried.append({"method": name, "skipped": str(exc)})
         return best
-    tried.append({"method": name, "avg_gap": cert["avg_gap"], "seconds": cert["seconds"]["method"],
-                  "passed": cert["passed"], "effect": cert["metrics"]["unlearned"]["effect"],
+    tried.append({"method": name, "avg_gap": cert["avg_gap"], "score": cert["score"],
+                  "seconds": cert["seconds"]["method"], "verdict": cert["verdict"], "passed": cert["passed"],
+                  "effect": cert["metrics"]["unlearned"]["effect"],
                   "ta": cert["metrics"]["unlearned"][unlearned.task.figures.test]})
-    if best is None or cert["avg_gap"] < best[1]["avg_gap"]:
-        loser, winner = best, (child, cert)
+    if best is None or _rank(cert) < _rank(best[1]):
+        loser, winner = best, (unlearned, cert)
     else:
-        loser, winner = (child, cert), best
+        loser, winner = (unlearned, cert), best
     if loser is not None:
-        shutil.rmtree(request.ws.model_dir(loser[0].id), ignore_errors=True)
+        shutil.rmtree(request.ws.model_dir(loser[0].row.id), ignore_errors=True)
     return winner
+
+
+VERDICT_ORDER = {"passed": 0, "indistinguishable": 1, "failed": 2}
+
+
+def _rank(cert: Certificate) -> tuple[int, float, float]:
+    """How ``auto`` orders candidates: verdict, then the worst decisive distance (:func:`.judge.score`), then the
+    Avg Gap where a reference exists."""
+    score = cert["score"] if cert["score"] is not None else float("inf")
+    gap = cert["avg_gap"] if cert["avg_gap"] is not None else 0.0
+    return VERDICT_ORDER[cert["verdict"]], score, gap
 
 
 @dataclass
@@ -302,18 +349,52 @@ def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child
     return _Child(row, child_model, parent_model, task, forget_ids, retain_ids, method)
 
 
-def certify_child(request: _Request, parent: ModelRow, child: _Child) -> Certificate:
-    """Certify a child against the model retrained without the forget set; its folder is removed when this
+def evidence_level(request: _Request, parent: ModelRow, retain_ids: BitMap) -> str:
+    """The level a request's ``verify`` asks for; ``auto`` retrains a reference only when one is cached or the
+    original's training took at most the request's ``exact_budget``."""
+    if request.verify != AUTO:
+        return request.verify
+    ws = request.ws
+    if ws.ledger.find_reference(parent.recipe_sha256, retain_ids) is not None:
+        return EXACT
+    return EXACT if training_seconds(ws, parent) <= request.exact_budget else HELDOUT
+
+
+def certify_child(request: _Request, parent: ModelRow, child: _Child, *, robust: bool = True) -> Certificate:
+    """Certify a child at the request's evidence level (a retrained reference is trained only for ``exact``;
+    under ``auto``, a request with no held-out data of its kind falls back to it); its folder is removed when this
     fails to run."""
-    ws, method = request.ws, child.method
+    ws = request.ws
     try:
-        reference_model, reference = ensure_reference(ws, parent, child.retain_ids)
-        return certify(ws, task=child.task, parent=parent, parent_model=child.parent_model, child=child.row,
-                       child_model=child.model, reference=reference, reference_model=reference_model,
-                       forget_ids=child.forget_ids, request_id=request.request_id, method=method.name,
-                       config=method.config.to_dict(), report=method.report_, thresholds=request.thresholds,
-                       probes=request.probes, selector=request.selector, reason=request.reason,
-                       requested_at=request.created_at)
+        level = evidence_level(request, parent, child.retain_ids)
+        try:
+            return _certify_at(request, parent, child, level, robust)
+        except NoComparison as exc:
+            if request.verify != AUTO:
+                raise
+            log.info("no reference-free comparison (%s); retraining a reference instead", exc)
+            return _certify_at(request, parent, child, EXACT, robust)
     except BaseException:
         shutil.rmtree(ws.model_dir(child.row.id), ignore_errors=True)
         raise
+
+
+def _certify_at(request: _Request, parent: ModelRow, child: _Child, level: str, robust: bool) -> Certificate:
+    ws, method = request.ws, child.method
+    reference_model, reference = ensure_reference(ws, parent, child.retain_ids) if level == EXACT else (None, None)
+    return certify(ws, task=child.task, parent=parent, parent_model=child.parent_model, child=child.row,
+                   child_model=child.model, reference=reference, reference_model=reference_model,
+                   purpose=request.purpose, forget_ids=child.forget_ids, request_id=request.request_id,
+                   method=method.name, config=method.config.to_dict(), report=method.report_,
+                   thresholds=request.thresholds, probes=request.probes, selector=request.selector,
+                   reason=request.reason, requested_at=request.created_at, robust=robust)
+
+
+def _robustness_of(request: _Request, parent: ModelRow, child: _Child, cert: Certificate) -> dict[str, Any]:
+    """The robustness attacks on an ``auto`` winner (candidates are certified without them)."""
+    ws = request.ws
+    reference = cert["models"].get("reference")
+    reference_model = ws.load_model(reference["id"])[0] if reference else None
+    return robustness_block(ws, task=child.task, parent=parent, parent_model=child.parent_model,
+                            child_model=child.model, forget_ids=child.forget_ids, reference_model=reference_model,
+                            probes=request.probes)

@@ -4,13 +4,14 @@ language models)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DisgorgeError
+from ..errors import DisgorgeError, InvalidRequest
 from ..ledger import NewRecord
 
 
@@ -147,6 +148,35 @@ def load_file(path: str | Path, *, label: str = "label", attributes: Sequence[st
     if suffix == ".jsonl":
         return load_jsonl(p, attributes=attributes, split=split)
     raise DataFileError(f"cannot ingest {p}: supported files are .csv, .npz and .jsonl")
+
+
+def holdout_split(records: Sequence[NewRecord], fraction: float, seed: int = 0) -> list[NewRecord]:
+    """The records, in order, with a seeded random ``fraction`` of them moved to split ``test`` (held-out records
+    of the same source); the others are returned unchanged. The input is not modified.
+
+    Records that all have a label ``y`` are drawn stratified by label: ``round(fraction * count)`` per label, always
+    leaving at least one record of each label in its split (a label with one record keeps it). Other records are a
+    plain draw of ``round(fraction * len(records))``, also leaving at least one. The same records and seed give the
+    same draw.
+    """
+    if not 0 <= fraction < 1:
+        raise InvalidRequest(f"--holdout must be a fraction in [0, 1) such as 0.1, got {fraction}")
+    if fraction == 0 or not records:
+        return list(records)
+    if all("y" in r.fields for r in records):
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(tuple(np.asarray(r.fields["y"]).ravel().tolist()), []).append(i)
+        strata = [groups[k] for k in sorted(groups)]
+    else:
+        strata = [list(range(len(records)))]
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for idx in strata:
+        k = min(round(fraction * len(idx)), len(idx) - 1)
+        if k > 0:
+            chosen.update(int(i) for i in rng.choice(idx, size=k, replace=False))
+    return [dataclasses.replace(r, split="test") if i in chosen else r for i, r in enumerate(records)]
 
 
 def _is_float(s: str) -> bool:

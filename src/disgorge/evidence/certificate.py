@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -22,27 +23,35 @@ from torch import nn
 
 from .._io import atomic_write_text
 from ..errors import InvalidRequest
+from ..evaluate.intervals import Estimate
 from ..evaluate.metrics import avg_gap
 from ..ledger import ModelRow, now
+from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
 from ..tasks.base import CLASSIFICATION_FIGURES
 from ..workspace import Workspace
+from .judge import (
+    EVIDENCE,
+    EXACT,
+    HELDOUT,
+    PURPOSES,
+    HeldOut,
+    ProbeOutcomes,
+    Purpose,
+    Thresholds,
+    decisive_figures,
+    estimates,
+    heldout_for,
+    heldout_targets,
+    judge,
+    score,
+    verdict,
+)
 from .probes import Probe
+from .robustness import quantization_attack, relearn_attack
 from .signing import load_or_create_key, sign
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass/fail limits of a certificate, in percentage points."""
-
-    effect_gap: float = 5.0
-    ta_drop: float = 3.0
-    ra_drop: float = 5.0
-    mia_gap: float = 10.0
-    avg_gap: float = 5.0
-    forget_quality: float = 0.05  # minimum KS p-value (language models)
 
 
 @dataclass
@@ -91,65 +100,222 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+PROOF = {
+    EXACT: ("A model was retrained from scratch without the forgotten records (same recipe and seed); on every "
+            "decisive figure the unlearned model is within the measured noise of that model, or closed at least "
+            "{closure:.0%} of the original's distance to it. The figures cannot tell the unlearned model from "
+            "retraining.",
+            "It does not prove that the weights equal a retrained model's, nor that a test other than these figures "
+            "could not tell them apart (see `disgorge verify --strong` for the per-example test)."),
+    HELDOUT: ("No model was retrained. On every decisive figure the unlearned model treats the forget set as it "
+              "treats {heldout} held-out records it never saw (matched by {matched_by}): a membership AUC near 50, "
+              "no accuracy gap, each effect at its base rate, within the bootstrap interval, or it closed at least "
+              "{closure:.0%} of the original's distance to that level.",
+              "It does not prove the model equals one retrained without the records, only that these figures cannot "
+              "tell the forget set from unseen data; if the forget set is unlike its held-out comparison data, the "
+              "figures measure that difference too. Use --verify exact for the retrained comparison."),
+}
+"""What each evidence level proves and what it does not (formatted with the certificate's facts)."""
+
+RETAIN_SAMPLE = 2000
+"""At most this many retain records measure retain accuracy (a seeded sample; language models use fewer)."""
+LM_RETAIN_SAMPLE = 200
+
+
 def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Module, child: ModelRow,
-            child_model: nn.Module, reference: ModelRow, reference_model: nn.Module, forget_ids: BitMap,
-            request_id: int, method: str, config: dict[str, Any], report: dict[str, Any] | None = None,
-            thresholds: Thresholds | None = None, probes: Sequence[Probe] = (), selector: dict[str, Any] | None = None,
-            reason: str = "", requested_at: str | None = None) -> dict[str, Any]:
-    """Measure the original, unlearned and retrained reference models (each with ``probes``) and return the
-    certificate (a JSON-ready dict). It stands alone: it names the request (``selector`` as the user gave it,
-    ``reason``, creation time ``requested_at``) and the sources of ``forget_ids`` with their record counts, the
-    software versions, the machine and device, and every model's sha256; :func:`write_certificate` signs it."""
+            child_model: nn.Module, forget_ids: BitMap, request_id: int, method: str, config: dict[str, Any],
+            reference: ModelRow | None = None, reference_model: nn.Module | None = None, purpose: str = "privacy",
+            report: dict[str, Any] | None = None, thresholds: Thresholds | None = None, probes: Sequence[Probe] = (),
+            selector: dict[str, Any] | None = None, reason: str = "", requested_at: str | None = None,
+            robust: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Measure the original and unlearned models (and, given one, the retrained reference: the ``exact`` level;
+    else the reference-free ``heldout`` level) and return the certificate, a JSON-ready dict.
+
+    The request's ``purpose`` (see :data:`.judge.PURPOSES`) picks the decisive figures; each is judged against
+    what a model that never saw the records scores (:mod:`.judge`), so the untouched original never passes. With
+    ``robust``, the relearning and quantization attacks run on the unlearned model (and the reference). The
+    certificate stands alone: it names the request (``selector`` as the user gave it, ``reason``, creation time
+    ``requested_at``) and the sources of ``forget_ids`` with their record counts, the software versions, the
+    machine and device, and every model's sha256; :func:`write_certificate` signs it."""
+    started = time.perf_counter()
     thresholds = thresholds or Thresholds()
+    level = HELDOUT if reference is None else EXACT
+    goal = _purpose(purpose, probes)
     retain_ids = parent.records - forget_ids
     forget = ws.dataset(task, forget_ids)
-    retain = ws.dataset(task, retain_ids)
+    retain = ws.dataset(task, _sample(retain_ids, LM_RETAIN_SAMPLE if task.figures.verbatim else RETAIN_SAMPLE,
+                                      seed))
     test = ws.dataset(task, ws.test_ids())
-    if len(test) == 0:
-        raise InvalidRequest("verification needs held-out records (split 'test'); ingest some with --split test")
-    ref = measure_reference(task, reference_model, forget, retain, test, probes)
-    measured = {name: measure(task, m, forget, retain, test, probes, reference=ref)
-                for name, m in (("original", parent_model), ("unlearned", child_model))}
-    measured["reference"] = ref
+    held = heldout_for(ws, task, forget_ids, forget, test)
+    models = {"original": parent_model, "unlearned": child_model}
+    if reference_model is not None:
+        models["reference"] = reference_model
+    measured, found, outcomes = _measure_all(task, models, forget, retain, test, held, probes, seed)
     metrics = {name: m.figures for name, m in measured.items()}
+    checks = _checks(task, goal, level, metrics, found, outcomes, probes, thresholds,
+                     changed=not _same_weights(parent_model, child_model), seed=seed)
+    outcome = verdict(checks)
     gaps = {name: round(avg_gap(metrics[name], metrics["reference"], task.figures.gap), 4)
-            for name in ("original", "unlearned")}
-    changed = not _same_weights(parent_model, child_model)
-    checks = _checks(task, metrics, gaps["unlearned"], thresholds, changed)
-    seconds = {"method": round(child.seconds, 4), "retrain": round(reference.seconds, 4)}
+            for name in ("original", "unlearned")} if level == EXACT else {"original": None, "unlearned": None}
+    robustness = _robustness(task, models, forget, held, test, probes, ws.recipe_of(parent).train, seed) \
+        if robust else None
+    training = _training_seconds(ws, parent)
+    seconds = {"method": round(child.seconds, 4), "verification": round(time.perf_counter() - started, 4),
+               "retrain": round(reference.seconds, 4) if reference is not None else None,
+               "training": round(training, 4)}
+    proves, limits = PROOF[level]
+    facts = {"closure": thresholds.closure, "heldout": len(held.matched), "matched_by": held.matched_by}
+    models_block = {"parent": {"id": parent.id, "sha256": parent.weights_sha256},
+                    "child": {"id": child.id, "sha256": child.weights_sha256}}
+    if reference is not None:
+        models_block["reference"] = {"id": reference.id, "sha256": reference.weights_sha256}
     return {
-        "format": "disgorge-certificate/2",
+        "format": "disgorge-certificate/3",
         "request": request_id,
         "issued_at": now(),
         "erasure_request": {"id": request_id, "selector": selector, "sources": ws.sources_of(forget_ids),
-                            "reason": reason, "created_at": requested_at},
+                            "reason": reason, "purpose": goal.name, "created_at": requested_at},
         "software": software_versions(),
-        "machine": machine(parent_model, child_model, reference_model),
+        "machine": machine(*models.values()),
         "method": method,
         "config": config,
         "method_report": report or {},
         "scenario": ws.scenario,
         "task": task.name,
+        "level": level,
+        "evidence": EVIDENCE[level],
+        "proves": proves.format(**facts),
+        "does_not_prove": limits,
+        "purpose": {"name": goal.name, "help": goal.help,
+                    "decisive": [k for k, c in checks.items() if c.get("decisive")]},
         "figures": {"keys": list(task.figures.keys), "labels": task.figures.labels, "gap": list(task.figures.gap),
                     "units": task.figures.units},
         "effect": probes[0].meta() if probes else None,
-        "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "test": len(test)},
-        "models": {
-            "parent": {"id": parent.id, "sha256": parent.weights_sha256},
-            "child": {"id": child.id, "sha256": child.weights_sha256},
-            "reference": {"id": reference.id, "sha256": reference.weights_sha256},
-        },
+        "probes": [p.meta() for p in probes],
+        "records": {"forgotten": len(forget_ids), "retained": len(retain_ids), "retain_sample": len(retain),
+                    "test": len(test), "heldout_matched": len(held.matched), "matched_by": held.matched_by},
+        "models": models_block,
         "metrics": metrics,
+        "evidence_figures": {name: {k: e.to_dict() for k, e in f.items()} for name, f in found.items()},
         "avg_gap": gaps["unlearned"],
         "avg_gap_original": gaps["original"],
-        "changed": changed,
+        "changed": checks["changed"]["passed"],
         "seconds": seconds,
-        "time_ratio": round(seconds["method"] / seconds["retrain"], 4) if seconds["retrain"] > 0 else None,
+        "time_ratio": _ratio(seconds["method"], seconds["retrain"] if level == EXACT else training),
+        "verified_time_ratio": _ratio(seconds["method"] + seconds["verification"], training),
         "thresholds": asdict(thresholds),
         "checks": checks,
-        "passed": all(c["passed"] for c in checks.values()),
+        "verdict": outcome,
+        "passed": outcome == "passed",
+        "score": _finite_or_none(score(checks)),
+        "robustness": robustness,
         "curves": loss_curves(measured),
     }
+
+
+def _purpose(name: str, probes: Sequence[Probe]) -> Purpose:
+    """The request's purpose; one that only an effect probe can judge is refused without one."""
+    if name not in PURPOSES:
+        raise InvalidRequest(f"unknown purpose {name!r}; choose one of {', '.join(PURPOSES)}")
+    goal = PURPOSES[name]
+    if goal.needs_probe and not probes:
+        raise InvalidRequest(f"purpose {name!r} is judged by an effect probe and this workspace declares none; use "
+                             "--purpose privacy (bundled scenarios declare their probes)")
+    return goal
+
+
+def _sample(ids: BitMap, most: int, seed: int) -> BitMap:
+    """At most ``most`` of ``ids``, drawn with ``seed`` (all of them when there are fewer)."""
+    if len(ids) <= most:
+        return ids
+    rng = np.random.default_rng(seed)
+    return BitMap(rng.choice(np.fromiter(ids, dtype=np.int64), size=most, replace=False).tolist())
+
+
+def _measure_all(task: Task, models: dict[str, nn.Module], forget: RecordDataset, retain: RecordDataset,
+                 test: RecordDataset, held: HeldOut, probes: Sequence[Probe], seed: int
+                 ) -> tuple[dict[str, Measurement], dict[str, dict[str, Estimate]], dict[str, list[ProbeOutcomes]]]:
+    """Every model's figures (relative ones against the reference, when there is one), decisive estimates and
+    probe outcomes."""
+    measured: dict[str, Measurement] = {}
+    found: dict[str, dict[str, Estimate]] = {}
+    outcomes: dict[str, list[ProbeOutcomes]] = {}
+    matched_rows = np.isin(test.ids, held.matched.ids)
+    for name in sorted(models, key=lambda n: n != "reference"):  # the reference first: others are relative to it
+        model = models[name]
+        outcomes[name] = [ProbeOutcomes.measure(p, model, task, test) for p in probes]
+        if name == "reference":
+            m = measure_reference(task, model, forget, retain, test, probes, seed=seed)
+        else:
+            m = measure(task, model, forget, retain, test, probes, seed=seed, reference=measured.get("reference"))
+        measured[name] = m
+        matched = {k: v[matched_rows] for k, v in m.test.items() if len(v) == len(test)}
+        found[name] = estimates(task, m.forget, matched, outcomes[name], seed=seed)
+    return measured, found, outcomes
+
+
+def _checks(task: Task, goal: Purpose, level: str, metrics: dict[str, dict[str, float | None]],
+            found: dict[str, dict[str, Estimate]], outcomes: dict[str, list[ProbeOutcomes]], probes: Sequence[Probe],
+            t: Thresholds, *, changed: bool, seed: int) -> dict[str, dict[str, Any]]:
+    """The certificate's checks: changed, each decisive figure (:func:`.judge.judge`), utility, and TOFU's forget
+    quality at the exact level."""
+    checks: dict[str, dict[str, Any]] = {"changed": {"value": changed, "limit": True, "passed": changed}}
+    if level == EXACT:
+        target = original_target = found["reference"]
+    else:
+        target = heldout_targets(task, outcomes["unlearned"], seed=seed)
+        original_target = heldout_targets(task, outcomes["original"], seed=seed)
+    for figure in decisive_figures(goal, task, probes):
+        if figure in target and figure in original_target:
+            check = judge(figure, found["unlearned"][figure], found["original"][figure], target[figure],
+                          original_target[figure], t)
+            if check is not None:
+                checks[figure] = check
+    base = metrics["reference" if level == EXACT else "original"]
+    u, keys = metrics["unlearned"], task.figures
+    for name, key, limit in (("ta_drop", keys.test, t.ta_drop), ("ra_drop", keys.retain, t.ra_drop)):
+        drop = _sub(base[key], u[key])
+        if drop is not None:
+            checks[name] = {"value": round(drop, 4), "limit": limit, "passed": drop <= limit}
+    if level == EXACT and goal.name in ("privacy", "copyright") and u.get("forget_quality") is not None:
+        # TOFU's reading: a KS p-value below 0.05 tells the unlearned model's truth ratios from the retrained one's.
+        value = u["forget_quality"]
+        checks["forget_quality"] = {"value": value, "limit": t.forget_quality, "passed": value >= t.forget_quality}
+    return checks
+
+
+def _robustness(task: Task, models: dict[str, nn.Module], forget: RecordDataset, held: HeldOut,
+                test: RecordDataset, probes: Sequence[Probe], train: TrainSpec, seed: int) -> dict[str, Any]:
+    """The relearning and quantization attacks on the unlearned model (and the reference, when there is one)."""
+    return {"relearn": relearn_attack(task, models, forget, held.matched, test, probes, train=train, seed=seed),
+            "quantized": quantization_attack(task, models, forget, held.matched, test, probes)}
+
+
+def robustness_block(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Module,
+                     child_model: nn.Module, forget_ids: BitMap, reference_model: nn.Module | None = None,
+                     probes: Sequence[Probe] = (), seed: int = 0) -> dict[str, Any]:
+    """A certificate's ``robustness`` block on its own (for a certificate made with ``robust=False``)."""
+    forget, test = ws.dataset(task, forget_ids), ws.dataset(task, ws.test_ids())
+    held = heldout_for(ws, task, forget_ids, forget, test) if len(test) else HeldOut(test, test, "all")
+    models = {"original": parent_model, "unlearned": child_model}
+    if reference_model is not None:
+        models["reference"] = reference_model
+    return _robustness(task, models, forget, held, test, probes, ws.recipe_of(parent).train, seed)
+
+
+def _training_seconds(ws: Workspace, row: ModelRow) -> float:
+    """Wall-clock of the training run at the root of a model's lineage."""
+    while row.kind != "trained" and row.parent is not None:
+        row = ws.ledger.model(row.parent)
+    return row.seconds
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 CURVE_BINS = 30
@@ -214,35 +380,8 @@ def _thin(n: int, most: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, most)).astype(int))
 
 
-def _checks(task: Task, metrics: dict[str, dict[str, float | None]], gap: float, t: Thresholds,
-            changed: bool) -> dict[str, dict[str, Any]]:
-    u, r, keys = metrics["unlearned"], metrics["reference"], task.figures
-    checks: dict[str, dict[str, Any]] = {
-        "changed": {"value": changed, "limit": True, "passed": changed},
-        "avg_gap": {"value": gap, "limit": t.avg_gap, "passed": gap <= t.avg_gap},
-    }
-
-    def diff(name: str, value: float | None, limit: float) -> None:
-        if value is not None:
-            checks[name] = {"value": round(value, 4), "limit": limit, "passed": value <= limit}
-
-    diff("ta_drop", _sub(r[keys.test], u[keys.test]), t.ta_drop)
-    diff("ra_drop", _sub(r[keys.retain], u[keys.retain]), t.ra_drop)
-    diff("mia_gap", _abs(_sub(u[keys.mia], r[keys.mia])), t.mia_gap)
-    diff("effect_gap", _abs(_sub(u["effect"], r["effect"])), t.effect_gap)
-    if u.get("forget_quality") is not None:
-        # TOFU's reading: a KS p-value below 0.05 tells the unlearned model's truth ratios from the retrained one's.
-        value = u["forget_quality"]
-        checks["forget_quality"] = {"value": value, "limit": t.forget_quality, "passed": value >= t.forget_quality}
-    return checks
-
-
 def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def _abs(a: float | None) -> float | None:
-    return None if a is None else abs(a)
 
 
 SOFTWARE = ("disgorge", "torch", "numpy", "scikit-learn", "safetensors", "cryptography")
@@ -302,18 +441,61 @@ def write_certificate(ws: Workspace, certificate: dict[str, Any]) -> dict[str, s
     return {"json": str(json_path), "markdown": str(md_path)}
 
 
-def figure_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(label, original, unlearned, reference) rows of a certificate's figures, formatted."""
-    m = certificate["metrics"]
+COLUMNS = (("original", "original"), ("unlearned", "unlearned"), ("reference", "retrained reference"))
+"""A certificate's model columns (key in ``metrics``, heading); a reference-free one has no reference."""
+
+
+def columns(certificate: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (key, heading) of each model column the certificate holds."""
+    return [(k, h) for k, h in COLUMNS if k in certificate["metrics"]]
+
+
+def figure_rows(certificate: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(label, original, unlearned[, reference]) rows of a certificate's figures, formatted; the Avg Gap row only
+    where a reference was retrained."""
+    m, cols = certificate["metrics"], [k for k, _ in columns(certificate)]
     keys = certificate.get("figures") or {"keys": CLASSIFICATION_FIGURES.keys, "labels": CLASSIFICATION_FIGURES.labels}
     eff = (certificate.get("effect") or {}).get("name")
     rows = []
     for key in keys["keys"]:
-        if all(m[col].get(key) is None for col in m):
+        if all(m[col].get(key) is None for col in cols):
             continue
         label = eff.replace("_", " ") if key == "effect" and eff else keys["labels"][key]
-        rows.append((label, *(_fmt(m[col].get(key)) for col in ("original", "unlearned", "reference"))))
-    rows.append(("Avg Gap to reference", _fmt(certificate["avg_gap_original"]), _fmt(certificate["avg_gap"]), "0.00"))
+        rows.append((label, *(_fmt(m[col].get(key)) for col in cols)))
+    if "reference" in cols and certificate.get("avg_gap") is not None:
+        rows.append(("Avg Gap to reference", _fmt(certificate["avg_gap_original"]), _fmt(certificate["avg_gap"]),
+                     "0.00"))
+    return rows
+
+
+def check_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(check, what it compares, value, limit, result) rows, decisive figures first, formatted."""
+    rows = []
+    checks = certificate["checks"]
+    for name in sorted(checks, key=lambda k: not checks[k].get("decisive")):
+        c = checks[name]
+        if c.get("decisive"):
+            what = (f"{c['figure']:.2f} [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}] vs target "
+                    f"{c['target']:.2f} (original {c['original']:.2f})")
+            result = "pass" if c["passed"] else "FAIL"
+            if c["indistinguishable"]:
+                result += " (original within noise)"
+        else:
+            what, result = "", "pass" if c["passed"] else "FAIL"
+        rows.append((name, what, _fmt_value(c["value"]), _fmt_value(c["limit"]), result))
+    return rows
+
+
+def robustness_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(attack, figure, original, unlearned before, after, recovered) rows of a certificate's robustness block."""
+    rob = certificate.get("robustness") or {}
+    rows = []
+    attacks = [("relearn", rob.get("relearn"))] + [(f"quantized {v}", (rob.get("quantized") or {}).get(v))
+                                                   for v in ("int8", "int4")]
+    for name, block in attacks:
+        for figure, f in ((block or {}).get("figures") or {}).items():
+            rows.append((name, figure.replace("_", " "), _fmt(f.get("original")), _fmt(f.get("before")),
+                         _fmt(f.get("after")), _fmt(f.get("recovered"))))
     return rows
 
 
@@ -323,38 +505,80 @@ def _fmt(v: float | None) -> str:
     return f"{v:.2g}" if 0 < abs(v) < 0.01 else f"{v:.2f}"
 
 
+def _fmt_value(v: Any) -> str:
+    return str(v) if isinstance(v, bool) or not isinstance(v, (int, float)) else _fmt(float(v))
+
+
+VERDICTS = {"passed": "PASSED", "failed": "FAILED", "indistinguishable": "INDISTINGUISHABLE BEFORE UNLEARNING"}
+"""How each verdict is printed."""
+
+
+def verdict_line(c: dict[str, Any]) -> str:
+    """The verdict in words, with the evidence level."""
+    verdict = c.get("verdict") or ("passed" if c["passed"] else "failed")
+    return f"{VERDICTS[verdict]} ({c.get('evidence', 'exact')} evidence)"
+
+
 def render_markdown(c: dict[str, Any]) -> str:
     """The human-readable certificate."""
-    verdict = "PASSED" if c["passed"] else "FAILED"
+    cols = columns(c)
+    reference = c["models"].get("reference")
+    if reference:
+        compared = (f"reference `{reference['id']}` was retrained without them ({c['records']['retained']} "
+                    "records)")
+    else:
+        compared = (f"no model was retrained: the forget set was compared with {c['records'].get('heldout_matched')}"
+                    f" held-out records of the same kind (matched by {c['records'].get('matched_by')})")
+    purpose = c.get("purpose") or {}
     lines = [
-        f"# Unlearning certificate: request {c['request']} — {verdict}",
+        f"# Unlearning certificate: request {c['request']} — {verdict_line(c)}",
         "",
         f"Method `{c['method']}` turned model `{c['models']['parent']['id']}` into "
-        f"`{c['models']['child']['id']}`, forgetting {c['records']['forgotten']} records; "
-        f"reference `{c['models']['reference']['id']}` was retrained without them "
-        f"({c['records']['retained']} records); held-out set of {c['records']['test']}. "
-        f"{c.get('figures', {}).get('units', CLASSIFICATION_FIGURES.units)}",
+        f"`{c['models']['child']['id']}`, forgetting {c['records']['forgotten']} records; {compared}; held-out set "
+        f"of {c['records']['test']}. {c.get('figures', {}).get('units', CLASSIFICATION_FIGURES.units)}",
         "",
-        "| figure | original | unlearned | retrained reference |",
-        "|---|---:|---:|---:|",
-        *[f"| {a} | {b} | {d} | {e} |" for a, b, d, e in figure_rows(c)],
-        "",
-        f"Time: {c['seconds']['method']:.2f} s for the method, {c['seconds']['retrain']:.2f} s to retrain "
-        f"(ratio {c['time_ratio']}).",
-        "",
-        "| check | value | limit | result |",
-        "|---|---:|---:|---|",
-        *[f"| {k} | {v['value']} | {v['limit']} | {'pass' if v['passed'] else 'FAIL'} |"
-          for k, v in c["checks"].items()],
-        "",
-        "Weights sha256: "
-        + "; ".join(f"{k} `{v['id']}` {v['sha256']}" for k, v in c["models"].items()),
-        "",
-        *_provenance(c),
     ]
+    if purpose:
+        lines += [f"Purpose: **{purpose['name']}** ({purpose['help']}). Decisive: "
+                  f"{', '.join(purpose['decisive']) or 'none'}.", ""]
+    if c.get("proves"):
+        lines += [f"**What this proves.** {c['proves']}", "", f"**What it does not prove.** {c['does_not_prove']}",
+                  ""]
+    lines += [
+        "| figure | " + " | ".join(h for _, h in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        *["| " + " | ".join(row) + " |" for row in figure_rows(c)],
+        "",
+        _time_line(c),
+        "",
+        "| check | measured | value | limit | result |",
+        "|---|---|---:|---:|---|",
+        *[f"| {a} | {b} | {v} | {limit} | {r} |" for a, b, v, limit, r in check_rows(c)],
+        "",
+    ]
+    rob = robustness_rows(c)
+    if rob:
+        lines += ["Robustness (recovered: 0 = nothing came back, 1 = back to the original's level):", "",
+                  "| attack | figure | original | unlearned | after attack | recovered |",
+                  "|---|---|---:|---:|---:|---:|",
+                  *["| " + " | ".join(r) + " |" for r in rob], ""]
+    lines += ["Weights sha256: " + "; ".join(f"{k} `{v['id']}` {v['sha256']}" for k, v in c["models"].items()), "",
+              *_provenance(c)]
     if not c["changed"]:
         lines.insert(2, "**The method changed nothing: the unlearned weights equal the original's.**\n")
     return "\n".join(lines)
+
+
+def _time_line(c: dict[str, Any]) -> str:
+    s = c["seconds"]
+    if s.get("retrain") is not None:
+        return (f"Time: {s['method']:.2f} s for the method, {s['retrain']:.2f} s to retrain (ratio "
+                f"{c['time_ratio']}).")
+    line = f"Time: {s['method']:.2f} s for the method"
+    if s.get("verification") is not None and s.get("training"):
+        line += (f", {s['verification']:.2f} s to verify; {s['training']:.2f} s to train the original "
+                 f"(method + verification: {c.get('verified_time_ratio')} of training)")
+    return line + "."
 
 
 def _provenance(c: dict[str, Any]) -> list[str]:

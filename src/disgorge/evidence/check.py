@@ -97,7 +97,9 @@ def _models(cert: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, tup
     """role -> (model id, sha256) as the certificate names them; a failed check when they are malformed."""
     models = cert.get("models")
     out: dict[str, tuple[str, str]] = {}
-    for role in ROLES:
+    # a reference-free certificate names no reference; the signature covers which kind it claims to be
+    roles = ROLES if cert.get("evidence", "exact") == "exact" else ROLES[:2]
+    for role in roles:
         entry = models.get(role) if isinstance(models, dict) else None
         model_id = entry.get("id") if isinstance(entry, dict) else None
         sha = entry.get("sha256") if isinstance(entry, dict) else None

@@ -22,6 +22,12 @@ def workspace_probes(ws: Workspace) -> list[Probe]:
     return get_scenario(name).probes() if name in SCENARIOS else []
 
 
+def workspace_purpose(ws: Workspace) -> str:
+    """The purpose of the bundled scenario a workspace holds (``privacy`` for a workspace of users' files)."""
+    name = ws.scenario
+    return get_scenario(name).purpose if name in SCENARIOS else "privacy"
+
+
 __all__ = ["MNIST", "SCENARIOS", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
            "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SourceData", "get_scenario",
-           "workspace_probes"]
+           "workspace_probes", "workspace_purpose"]

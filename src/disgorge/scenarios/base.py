@@ -32,6 +32,7 @@ class Scenario(ABC):
     description: ClassVar[str]
     bench_methods: ClassVar[tuple[str, ...] | None] = None  # the methods `disgorge bench` runs here (None: all)
     strong_test: ClassVar[bool] = True  # whether the bench runs the per-example test (K retrainings) here
+    purpose: ClassVar[str] = "privacy"  # why its default request erases the records: picks the decisive figures
 
     @abstractmethod
     def sources(self) -> list[SourceData]:

@@ -10,7 +10,7 @@ import torch
 from pyroaring import BitMap
 from torch import nn
 
-from ..evidence.probes import Probe, share_predicted
+from ..evidence.probes import Probe, predicted_as
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..tasks import RecordDataset, Task
@@ -105,11 +105,12 @@ class ForgottenClassAccuracy(Probe):
 
     name: ClassVar[str] = "forgotten_class_accuracy"
     help: ClassVar[str] = "accuracy on held-out images of the forgotten class, in percent"
+    base_rate: ClassVar[float | None] = 0.0  # a class a model never saw is (almost) never predicted
 
-    def measure(self, model: nn.Module, task: Task, heldout: RecordDataset) -> float | None:
-        """Share of held-out images of the forgotten class classified as that class."""
+    def outcomes(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
+        """Whether each held-out image of the forgotten class is classified as that class."""
         x, y = heldout.tensors["x"], heldout.tensors["y"]
-        return share_predicted(model, task, x[y == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
+        return predicted_as(model, task, x[y == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
 
 
 class BackdoorSuccess(Probe):
@@ -118,10 +119,15 @@ class BackdoorSuccess(Probe):
     name: ClassVar[str] = "attack_success_rate"
     help: ClassVar[str] = "share of triggered test images (true class not 0) classified as 0, in percent"
 
-    def measure(self, model: nn.Module, task: Task, heldout: RecordDataset) -> float | None:
-        """Share of triggered held-out images whose true class is not the target that go to the target."""
+    def outcomes(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
+        """Whether each triggered held-out image whose true class is not the target goes to the target."""
         x, y = heldout.tensors["x"], heldout.tensors["y"]
-        return share_predicted(model, task, add_trigger(x[y != TARGET]), TARGET)
+        return predicted_as(model, task, add_trigger(x[y != TARGET]), TARGET)
+
+    def baseline(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
+        """The same images without the trigger: whether each goes to the target."""
+        x, y = heldout.tensors["x"], heldout.tensors["y"]
+        return predicted_as(model, task, x[y != TARGET], TARGET)
 
 
 @SCENARIOS.register("digits-classwise")
@@ -154,6 +160,7 @@ class DigitsBackdoor(_Digits):
     name: ClassVar[str] = "digits-backdoor"
     description: ClassVar[str] = ("scikit-learn digits dealt to 20 contributors; contributor-07 poisons theirs with "
                                   "a 2x2 corner trigger relabelled to 0. Remove the backdoor.")
+    purpose: ClassVar[str] = "poison"
 
     def _transform(self, x: np.ndarray, y: int, contributor: int) -> tuple[np.ndarray, int]:
         if contributor == self.withdrawn:

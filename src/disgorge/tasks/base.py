@@ -50,8 +50,11 @@ class RecordDataset(Dataset):
 @dataclass(frozen=True)
 class FigureSet:
     """The verification figures a task reports: display order and labels, the keys Avg Gap averages, which
-    figure plays each role the certificate checks (forget/retain/test accuracy, the membership signal), and the
-    figures the benchmark table shows (``bench``: key and short column label, in order)."""
+    figure plays each role the certificate checks (forget/retain/test accuracy, the membership signal), the
+    figures the benchmark table shows (``bench``: key and short column label, in order), and the per-example outputs
+    of :meth:`Task.evaluate` that reference-free evidence compares between the forget set and held-out data
+    (``membership``: a score where higher means more member-like; ``verbatim``: reproduction of the record's text,
+    None where the task has none)."""
 
     keys: tuple[str, ...]
     labels: dict[str, str]
@@ -61,6 +64,8 @@ class FigureSet:
     mia: str
     units: str = "Figures in percent."
     bench: tuple[tuple[str, str], ...] = ()
+    membership: str = "mia_loss"
+    verbatim: str | None = None
 
 
 CLASSIFICATION_FIGURES = FigureSet(
@@ -170,7 +175,13 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
-        """Per-example ``loss``, ``correct`` (0/1) and ``confidence`` (probability of the true target)."""
+        """Per-example ``loss``, ``correct`` (0/1), ``confidence`` (probability of the true target) and the
+        membership score named by ``figures.membership`` (higher = more member-like)."""
+
+    def strata(self, data: RecordDataset) -> np.ndarray | None:
+        """A discrete kind per record (a classifier's label) that held-out data must match for a like-with-like
+        comparison with a forget set, or None when the task has none."""
+        return None
 
     def split_figures(self, forget: dict[str, np.ndarray], retain: dict[str, np.ndarray],
                       test: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:

@@ -45,7 +45,8 @@ LM_FIGURES = FigureSet(
     bench=(("forget_accuracy", "forget acc."), ("retain_accuracy", "retain acc."), ("test_accuracy", "held-out acc."),
            ("forget_quality", "forget quality"), ("model_utility", "model utility"),
            ("forget_truth_ratio", "forget TR"), ("verbmem", "VerbMem"), ("mia_mink", "Min-K% AUC"),
-           ("privleak", "privleak")))
+           ("privleak", "privleak")),
+    membership="mia_mink", verbatim="verbatim")
 
 
 def text_field(text: str) -> np.ndarray:

@@ -107,7 +107,8 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
-        """Per-example loss, correctness, confidence in the true class, and predicted class."""
+        """Per-example loss, correctness, confidence in the true class, predicted class and the loss attack's
+        membership score ``mia_loss`` (minus the loss)."""
         was_training = model.training
         model.eval()
         outs: dict[str, list[np.ndarray]] = {"loss": [], "correct": [], "confidence": [], "pred": []}
@@ -127,8 +128,14 @@ class ClassificationTask(Task):
             outs["pred"].append(pred.numpy())
         model.train(was_training)
         if not len(data):
-            return {k: np.zeros(0) for k in outs}
-        return {k: np.concatenate(v) for k, v in outs.items()}
+            return {k: np.zeros(0) for k in (*outs, "mia_loss")}
+        result = {k: np.concatenate(v) for k, v in outs.items()}
+        result["mia_loss"] = -result["loss"]
+        return result
+
+    def strata(self, data: RecordDataset) -> np.ndarray:
+        """The class label of each record."""
+        return data.tensors["y"].numpy()
 
     def random_labels(self, batch: Batch, num_classes: int, generator: torch.Generator | None = None) -> Batch:
         """The batch with each label replaced by a uniformly drawn *different* class."""
