@@ -61,7 +61,7 @@ def test_certificate_names_request_sources_times_versions_machine(certified):
     ws, path, cert = certified
     on_disk = json.loads(path.read_text())
     assert on_disk == json.loads(json.dumps(cert))
-    assert on_disk["format"] == "disgorge-certificate/2"
+    assert on_disk["format"] == "disgorge-certificate/3"
     req = on_disk["erasure_request"]
     assert req["id"] == on_disk["request"]
     assert req["selector"]["sources"] == ["contributor-07"]

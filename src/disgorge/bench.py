@@ -154,22 +154,85 @@ def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]
         gap = avg_gap(figs, reference, keys.gap) if all(figs[k] is not None for k in keys.gap) else None
         rows.append({"scenario": scenario, "method": who, "seeds": len(per_seed), **figs,
                      "avg_gap": None if gap is None else round(gap, 4), "time_ratio": ratio,
-                     "forget_score": None})
+                     "forget_score": None, **({} if who == "original" else _evidence(per_seed, who))})
     rows.insert(1, {"scenario": scenario, "method": "reference", "seeds": len(per_seed), **reference,
                     "avg_gap": 0.0, "time_ratio": 1.0, "forget_score": None,
                     "seconds": _mean([s["reference"]["seconds"] for s in per_seed])})
     return rows
 
 
+def _evidence(per_seed: list[dict[str, Any]], who: str) -> dict[str, Any]:
+    """A method's verification figures over seeds: the share of seeds passed at each evidence level, the
+    verified cost ratio ((method + reference-free verification) over retraining, per seed, averaged) and the
+    robustness attacks' recovery, beside the retrained reference's (the floor)."""
+    cells = [s[who] for s in per_seed]
+
+    def share(level: str) -> float | None:
+        verdicts = [c["verdicts"][level] for c in cells if c.get("verdicts", {}).get(level) is not None]
+        return round(sum(v == "passed" for v in verdicts) / len(verdicts), 4) if verdicts else None
+
+    def recovered(attack: str, reference: bool = False) -> float | None:
+        values = []
+        for c in cells:
+            block = (c.get("robustness") or {}).get(attack) or {}
+            values.append((block.get("reference") or {}).get("recovered") if reference else block.get("recovered"))
+        return _mean(values)
+
+    return {"exact_passed": share("exact"), "heldout_passed": share("heldout"),
+            "verified_cost_ratio": _mean([(s[who]["seconds"] + s[who]["verify_seconds"]) / s["reference"]["seconds"]
+                                          for s in per_seed if "verify_seconds" in s[who]]),
+            "relearn_recovered": recovered("relearn"), "relearn_recovered_retrain": recovered("relearn", True),
+            "quantized_recovered": recovered("quantized")}
+
+
+RESULT_FILES = ("summary.json", "verification.json")
+"""Files of a results folder that are not one scenario's results."""
+
+
+def scenario_results(out: Path) -> list[dict[str, Any]]:
+    """Every ``<scenario>.json`` in ``out``, by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json")) if p.name not in RESULT_FILES]
+
+
 def write_summary(out: Path) -> list[dict[str, Any]]:
-    """Collect every ``<scenario>.json`` in ``out`` into ``summary.json``; return the rows."""
-    rows: list[dict[str, Any]] = []
-    for path in sorted(out.glob("*.json")):
-        if path.name == "summary.json":
-            continue
-        rows += json.loads(path.read_text())["rows"]
+    """Collect every ``<scenario>.json`` in ``out`` into ``summary.json`` and their verdicts into
+    ``verification.json``; return the summary rows."""
+    results = scenario_results(out)
+    rows = [row for result in results for row in result["rows"]]
     atomic_write_text(out / "summary.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "verification.json", json.dumps(verification(results), indent=1) + "\n")
     return rows
+
+
+def verification(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far the reference-free verdict can be trusted: every (scenario, method, seed) judged at both levels;
+    ``agreement`` = share of cases whose reference-free verdict (passed or not) equals the exact one;
+    ``false_pass_rate`` = share of the exact level's non-passes that the reference-free level passed; both over
+    the classifier scenarios (the targets) and over every scenario."""
+    cases = []
+    for result in results:
+        for seed, cell in zip(result["seeds"], result["per_seed"], strict=True):
+            for who, r in cell.items():
+                verdicts = r.get("verdicts") or {}
+                if verdicts.get("exact") is None or verdicts.get("heldout") is None:
+                    continue
+                cases.append({"scenario": result["scenario"], "task": result.get("task", "classification"),
+                              "method": who, "seed": seed, "exact": verdicts["exact"],
+                              "heldout": verdicts["heldout"]})
+
+    def rates(chosen: list[dict[str, Any]]) -> dict[str, Any]:
+        agree = [(c["exact"] == "passed") == (c["heldout"] == "passed") for c in chosen]
+        not_passed = [c for c in chosen if c["exact"] != "passed"]
+        return {"cases": len(chosen), "agreement": round(float(np.mean(agree)), 4) if agree else None,
+                "false_pass_rate": round(float(np.mean([c["heldout"] == "passed" for c in not_passed])), 4)
+                if not_passed else None,
+                "exact_passed": sum(c["exact"] == "passed" for c in chosen),
+                "heldout_passed": sum(c["heldout"] == "passed" for c in chosen)}
+
+    scenarios = sorted({c["scenario"] for c in cases})
+    return {"classifiers": rates([c for c in cases if c["task"] == "classification"]), "all": rates(cases),
+            "by_scenario": {s: rates([c for c in cases if c["scenario"] == s]) for s in scenarios},
+            "cases": cases}
 
 
 def machine() -> dict[str, Any]:

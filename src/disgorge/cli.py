@@ -339,7 +339,16 @@ def forget(
     budget: Annotated[float, typer.Option(help="--method auto: each candidate's share of the training time")] = 0.5,
     accept_failed: Annotated[bool, typer.Option(help="commit and erase even if verification fails")] = False,
     reason: Annotated[str, typer.Option(help="why the records are erased (kept in the ledger)")] = "",
-    verify: Annotated[bool, typer.Option(help="verify against a retrained reference before erasing")] = True,
+    verify: Annotated[str, typer.Option(help="evidence level: auto (exact only when training took at most "
+                                              "--exact-budget seconds), exact (retrain a reference), heldout "
+                                              "(reference-free, trains nothing) or none")] = "auto",
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip verification (same as --verify none)")
+                         ] = False,
+    exact_budget: Annotated[float, typer.Option(help="--verify auto: retrain a reference only for models trained "
+                                                     "in at most this many seconds")] = 60.0,
+    purpose: Annotated[str | None, typer.Option(help="why the records go: privacy, copyright, poison or bias; picks "
+                                                     "the decisive figures (default: the scenario's, else privacy)")
+                       ] = None,
     defer_erase: Annotated[bool, typer.Option(help="hold the payloads (for `disgorge verify`) until "
                                                      "`disgorge erase REQUEST`")] = False,
     workspace: WorkspaceOpt = Path("."),
@@ -354,7 +363,8 @@ def forget(
         options.update({k: v for k, v in (("max_seconds", max_seconds), ("max_steps", max_steps),
                                           ("lora_rank", lora)) if v is not None})
         result = api.forget(ws, sources=source or (), records=_parse_ids(records), random_fraction=random, seed=seed,
-                            model=model, method=method, options=options, reason=reason, verify=verify,
+                            model=model, method=method, options=options, reason=reason,
+                            verify="none" if no_verify else verify, exact_budget=exact_budget, purpose=purpose,
                             erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget)
         data = {"request": result.request_id, "records": result.records, "method": method,
                 "children": [{"parent": c.parent, "model": c.id} for c in result.children],
@@ -374,20 +384,26 @@ def forget(
 
 @app.command()
 def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
+           level: Annotated[str, typer.Option(help="evidence level: auto, exact (retrain a reference) or heldout "
+                                                   "(reference-free)")] = "auto",
+           exact_budget: Annotated[float, typer.Option(help="--level auto: retrain a reference only for models "
+                                                            "trained in at most this many seconds")] = 60.0,
+           purpose: Annotated[str | None, typer.Option(help="privacy, copyright, poison or bias (default: the "
+                                                            "request's)")] = None,
            strong: Annotated[bool, typer.Option(help="also the per-example test against many retrained models")
                              ] = False,
            strong_models: Annotated[int, typer.Option(help="--strong: models per side")] = 8,
            executor: Annotated[str, typer.Option(help="--strong: local or ray")] = "local",
            workers: Annotated[int | None, typer.Option(help="--strong: parallel workers")] = None,
            workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Compare an unlearned model with its parent and a model retrained without the forgotten records."""
+    """Check that an unlearned model forgot: against held-out data or a model retrained without the records."""
     from . import api
 
     with _ws(workspace) as ws:
         if strong:
             cert = api.verify_strong(ws, model, models=strong_models, executor=executor, workers=workers)
         else:
-            cert = api.verify(ws, model)
+            cert = api.verify(ws, model, level=level, purpose=purpose, exact_budget=exact_budget)
         path = ws.report_dir(cert["request"]) / model / "certificate.json"
 
     def show() -> None:
@@ -399,7 +415,7 @@ def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
                       f"{s['ulira_auc']:.1f}% (50 = indistinguishable from retraining)")
 
     _emit(cert, as_json, show)
-    if not cert["passed"]:
+    if (cert.get("verdict") or ("passed" if cert["passed"] else "failed")) == "failed":
         raise typer.Exit(1)
 
 
@@ -525,36 +541,62 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the wor
 
 
 def _print_certificate(cert: dict[str, Any], path: str) -> None:
-    from .evidence.certificate import figure_rows
+    from .evidence.certificate import check_rows, columns, figure_rows, robustness_rows, verdict_line
 
     ids = cert["models"]
-    table = Table(title=f"request {cert['request']}: {cert['method']} on {cert['records']['forgotten']} records",
-                  show_lines=False)
+    table = Table(title=f"request {cert['request']}: {cert['method']} on {cert['records']['forgotten']} records "
+                        f"({cert.get('evidence', 'exact')} evidence)", show_lines=False)
     table.add_column("figure")
-    table.add_column(f"original {ids['parent']['id']}", justify="right")
-    table.add_column(f"unlearned {ids['child']['id']}", justify="right")
-    table.add_column(f"retrained {ids['reference']['id']}", justify="right")
+    role = {"original": "parent", "unlearned": "child", "reference": "reference"}
+    for key, heading in columns(cert):
+        table.add_column(f"{heading} {ids[role[key]]['id']}", justify="right")
     for row in figure_rows(cert):
-        table.add_row(*row)
+        table.add_row(*(Text(c) for c in row))
     out.print(table)
+    checks = Table(title="checks (decisive first: the unlearned figure [95% interval] against its target)",
+                   show_lines=False)
+    for col in ("check", "measured", "value", "limit", "result"):
+        checks.add_column(col, justify="right" if col in ("value", "limit") else "left")
+    for row in check_rows(cert):
+        checks.add_row(*(Text(c) for c in row))
+    out.print(checks)
+    rob = robustness_rows(cert)
+    if rob:
+        attacks = Table(title="robustness: recovered 0 = nothing came back, 1 = back to the original", show_lines=False)
+        for col in ("attack", "figure", "original", "unlearned", "after attack", "recovered"):
+            attacks.add_column(col, justify="left" if col in ("attack", "figure") else "right")
+        for row in rob:
+            attacks.add_row(*(Text(c) for c in row))
+        out.print(attacks)
     if "auto" in cert:
         tried = Table(title=f"--method auto: each method within {cert['auto']['budget_seconds_each']:.2f}s",
                       show_lines=False)
-        for col in ("method", "Avg Gap", "effect", "TA", "seconds", "verification"):
+        for col in ("method", "score", "effect", "TA", "seconds", "verification"):
             tried.add_column(col, justify="left" if col in ("method", "verification") else "right")
-        for t in sorted(cert["auto"]["candidates"], key=lambda t: t.get("avg_gap", float("inf"))):
+        for t in sorted(cert["auto"]["candidates"], key=lambda t: t.get("score") or float("inf")):
             if "skipped" in t:
                 tried.add_row(t["method"], "-", "-", "-", "-", Text(f"skipped: {t['skipped']}"))
             else:
-                tried.add_row(t["method"], f"{t['avg_gap']:.2f}", "-" if t["effect"] is None else f"{t['effect']:.2f}",
-                              f"{t['ta']:.2f}", f"{t['seconds']:.2f}", "passed" if t["passed"] else "failed")
+                tried.add_row(t["method"], "-" if t.get("score") is None else f"{t['score']:.2f}",
+                              "-" if t["effect"] is None else f"{t['effect']:.2f}", f"{t['ta']:.2f}",
+                              f"{t['seconds']:.2f}", t.get("verdict") or ("passed" if t["passed"] else "failed"))
         out.print(tried)
         out.print(f"auto chose {cert['auto']['chosen']}; all candidates took {cert['auto']['total_seconds']:.2f}s")
-    verdict = "[green]PASSED[/]" if cert["passed"] else "[red]FAILED[/]"
+    if cert.get("proves"):
+        out.print(Text(f"proves: {cert['proves']}"))
+        out.print(Text(f"does not prove: {cert['does_not_prove']}"))
+    verdict = cert.get("verdict") or ("passed" if cert["passed"] else "failed")
+    colour = {"passed": "green", "failed": "red"}.get(verdict, "yellow")
     failed = [k for k, v in cert["checks"].items() if not v["passed"]]
-    out.print(f"time: method {cert['seconds']['method']:.2f}s vs retrain {cert['seconds']['retrain']:.2f}s "
-              f"(ratio {cert['time_ratio']}); verification {verdict}"
-              + (f" (failed: {', '.join(failed)})" if failed else "") + f"; certificate: {path}")
+    s = cert["seconds"]
+    cost = (f"method {s['method']:.2f}s vs retrain {s['retrain']:.2f}s (ratio {cert['time_ratio']})"
+            if s.get("retrain") is not None else
+            f"method {s['method']:.2f}s + verification {s.get('verification') or 0:.2f}s vs training "
+            f"{s.get('training') or 0:.2f}s (ratio {cert.get('verified_time_ratio')})")
+    line = Text(f"time: {cost}; verification ")
+    line.append(verdict_line(cert), style=colour)
+    line.append((f" (failed: {', '.join(failed)})" if failed else "") + f"; certificate: {path}")
+    out.print(line)
 
 
 def _split_verbosity(args: list[str]) -> tuple[list[str], int | None]:

@@ -4,6 +4,7 @@ retrained and K unlearned models as such jobs."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,13 @@ from pyroaring import BitMap
 from .errors import InvalidRequest
 from .evaluate.metrics import accuracy
 from .evaluate.strong import strong_scores
-from .evidence.certificate import measure, measure_reference
+from .evidence.certificate import Observation, level_checks, observe
+from .evidence.judge import EXACT, HELDOUT, PURPOSES, NoComparison, Thresholds, heldout_for, verdict
+from .evidence.robustness import quantization_attack, relearn_attack
 from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
-from .scenarios import workspace_probes
+from .scenarios import workspace_probes, workspace_purpose
 from .training.trainer import fit_recipe
 from .workspace import Workspace
 
@@ -39,8 +42,12 @@ class Problem:
         ids = BitMap(self.forget)
         data = {"forget": ws.dataset(task, row.records & ids), "retain": ws.dataset(task, row.records - ids),
                 "test": ws.dataset(task, ws.test_ids())}
+        try:
+            held = heldout_for(ws, task, row.records & ids, data["forget"], data["test"])
+        except NoComparison:
+            held = None  # reference-free evidence is impossible here; the exact level still compares all held-out
         return {"ws": ws, "model": model, "row": row, "task": task, "recipe": ws.recipe_of(row),
-                "probes": workspace_probes(ws), **data}
+                "probes": workspace_probes(ws), "purpose": PURPOSES[workspace_purpose(ws)], "held": held, **data}
 
 
 @dataclass
@@ -88,19 +95,67 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         seconds = method.seconds_
         extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps}
     if job.figures:
-        if who == "reference":
-            m = measure_reference(task, model, p["forget"], p["retain"], p["test"], p["probes"], seed=seed)
-            p.setdefault("reference_measurement", {})[seed] = m
-        else:
-            m = measure(task, model, p["forget"], p["retain"], p["test"], p["probes"], seed=seed,
-                        reference=p.get("reference_measurement", {}).get(seed))
-        out, extra["figures"] = m.forget, m.figures
+        out, extra["figures"] = _verify(p, who, seed, model, extra)
     else:
         out = task.evaluate(model, p["forget"])
         extra["ra"] = accuracy(task.evaluate(model, p["retain"])["correct"])
         extra["ta"] = accuracy(task.evaluate(model, p["test"])["correct"])
     return {"seed": seed, "seconds": seconds, "forget_loss": out["loss"].astype(np.float32),
             "forget_confidence": out["confidence"].astype(np.float32), **extra}
+
+
+def _verify(p: dict[str, Any], who: str, seed: int, model: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    """Measure one model of a job as verification would. For a method's model, also its verdict at both levels
+    (``exact`` against this seed's reference, ``heldout`` without it), the robustness attacks (with the
+    reference's recovery as the floor) and the seconds a reference-free verification took: measuring this model
+    and the original (timed when the original was measured) plus the attacks."""
+    task, held = p["task"], p["held"]
+    matched = held.matched if held is not None else p["test"]
+    seen: dict[str, Observation] = p.setdefault("observed", {}).setdefault(seed, {})
+    started = time.perf_counter()
+    ref = seen.get("reference")
+    obs = observe(task, model, p["forget"], p["retain"], p["test"], matched, p["probes"], seed=seed,
+                  reference=ref.measurement if ref else None, is_reference=who == "reference")
+    seen[who] = obs
+    seconds = time.perf_counter() - started
+    if who == "original":
+        p.setdefault("original_seconds", {})[seed] = seconds
+    elif who != "reference" and "original" in seen:
+        models = {"original": p["model"], "unlearned": model}
+        if ref is not None:
+            models["reference"] = p["reference_models"][seed]
+        started = time.perf_counter()
+        extra["robustness"] = {
+            "relearn": relearn_attack(task, models, p["forget"], matched, p["test"], p["probes"],
+                                      train=p["recipe"].train, seed=seed),
+            "quantized": quantization_attack(task, models, p["forget"], matched, p["test"], p["probes"])}
+        seconds += time.perf_counter() - started + p["original_seconds"][seed]
+        extra["verify_seconds"] = seconds
+        extra["verdicts"] = _verdicts(p, seen, obs, model, seed)
+    if who == "reference":
+        p.setdefault("reference_models", {})[seed] = model
+    return obs.measurement.forget, obs.measurement.figures
+
+
+def _verdicts(p: dict[str, Any], seen: dict[str, Observation], obs: Observation, model: Any,
+              seed: int) -> dict[str, str | None]:
+    """The verdict of one method's model at each level (None where a level cannot judge this request)."""
+    task, original = p["task"], seen["original"]
+    changed = any(not a.equal(b) for a, b in zip(p["model"].state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    out: dict[str, str | None] = {}
+    for level in (EXACT, HELDOUT):
+        if (level == EXACT and "reference" not in seen) or (level == HELDOUT and p["held"] is None):
+            out[level] = None
+            continue
+        named = {"original": original, "unlearned": obs, **({"reference": seen["reference"]} if level == EXACT
+                                                            else {})}
+        checks = level_checks(task, p["purpose"], level, {k: o.measurement.figures for k, o in named.items()},
+                              {k: o.estimates for k, o in named.items()},
+                              {k: o.outcomes for k, o in named.items()}, p["probes"], Thresholds(),
+                              changed=changed, seed=seed)
+        out[level] = verdict(checks)
+    return out
 
 
 def strong_test(problem: Problem, methods: list[str], k: int, executor: Executor, label: str = "",

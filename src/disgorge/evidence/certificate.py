@@ -152,7 +152,7 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
         models["reference"] = reference_model
     measured, found, outcomes = _measure_all(task, models, forget, retain, test, held, probes, seed)
     metrics = {name: m.figures for name, m in measured.items()}
-    checks = _checks(task, goal, level, metrics, found, outcomes, probes, thresholds,
+    checks = level_checks(task, goal, level, metrics, found, outcomes, probes, thresholds,
                      changed=not _same_weights(parent_model, child_model), seed=seed)
     outcome = verdict(checks)
     gaps = {name: round(avg_gap(metrics[name], metrics["reference"], task.figures.gap), 4)
@@ -232,29 +232,46 @@ def _sample(ids: BitMap, most: int, seed: int) -> BitMap:
     return BitMap(rng.choice(np.fromiter(ids, dtype=np.int64), size=most, replace=False).tolist())
 
 
+@dataclass
+class Observation:
+    """One model seen by verification: its figures and per-example outputs, its decisive estimates (against the
+    matched held-out records) and its probes' outcomes."""
+
+    measurement: Measurement
+    estimates: dict[str, Estimate]
+    outcomes: list[ProbeOutcomes]
+
+
+def observe(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset, test: RecordDataset,
+            matched: RecordDataset, probes: Sequence[Probe] = (), *, seed: int = 0,
+            reference: Measurement | None = None, is_reference: bool = False) -> Observation:
+    """Everything verification measures on one model (``is_reference`` for the retrained reference itself;
+    ``reference``, its measurement, for the relative figures of the others)."""
+    outcomes = [ProbeOutcomes.measure(p, model, task, test) for p in probes]
+    if is_reference:
+        m = measure_reference(task, model, forget, retain, test, probes, seed=seed)
+    else:
+        m = measure(task, model, forget, retain, test, probes, seed=seed, reference=reference)
+    rows = np.isin(test.ids, matched.ids)
+    on_matched = {k: v[rows] for k, v in m.test.items() if len(v) == len(test)}
+    return Observation(m, estimates(task, m.forget, on_matched, outcomes, seed=seed), outcomes)
+
+
 def _measure_all(task: Task, models: dict[str, nn.Module], forget: RecordDataset, retain: RecordDataset,
                  test: RecordDataset, held: HeldOut, probes: Sequence[Probe], seed: int
                  ) -> tuple[dict[str, Measurement], dict[str, dict[str, Estimate]], dict[str, list[ProbeOutcomes]]]:
     """Every model's figures (relative ones against the reference, when there is one), decisive estimates and
     probe outcomes."""
-    measured: dict[str, Measurement] = {}
-    found: dict[str, dict[str, Estimate]] = {}
-    outcomes: dict[str, list[ProbeOutcomes]] = {}
-    matched_rows = np.isin(test.ids, held.matched.ids)
+    seen: dict[str, Observation] = {}
     for name in sorted(models, key=lambda n: n != "reference"):  # the reference first: others are relative to it
-        model = models[name]
-        outcomes[name] = [ProbeOutcomes.measure(p, model, task, test) for p in probes]
-        if name == "reference":
-            m = measure_reference(task, model, forget, retain, test, probes, seed=seed)
-        else:
-            m = measure(task, model, forget, retain, test, probes, seed=seed, reference=measured.get("reference"))
-        measured[name] = m
-        matched = {k: v[matched_rows] for k, v in m.test.items() if len(v) == len(test)}
-        found[name] = estimates(task, m.forget, matched, outcomes[name], seed=seed)
-    return measured, found, outcomes
+        ref = seen.get("reference")
+        seen[name] = observe(task, models[name], forget, retain, test, held.matched, probes, seed=seed,
+                             reference=ref.measurement if ref else None, is_reference=name == "reference")
+    return ({k: o.measurement for k, o in seen.items()}, {k: o.estimates for k, o in seen.items()},
+            {k: o.outcomes for k, o in seen.items()})
 
 
-def _checks(task: Task, goal: Purpose, level: str, metrics: dict[str, dict[str, float | None]],
+def level_checks(task: Task, goal: Purpose, level: str, metrics: dict[str, dict[str, float | None]],
             found: dict[str, dict[str, Estimate]], outcomes: dict[str, list[ProbeOutcomes]], probes: Sequence[Probe],
             t: Thresholds, *, changed: bool, seed: int) -> dict[str, dict[str, Any]]:
     """The certificate's checks: changed, each decisive figure (:func:`.judge.judge`), utility, and TOFU's forget

@@ -183,7 +183,7 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
     """Write ``report`` (markdown) and ``results_dir/avg_gap_vs_time.png`` from the results JSON files; each
     scenario names the command that produced it (``command`` for results that do not)."""
     results = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))
-               if p.name != "summary.json"]
+               if p.name not in ("summary.json", "verification.json")]
     png = Path(results_dir) / "avg_gap_vs_time.png"
     plot(results, png)
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -237,4 +237,62 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
                   + (f"strong test with K = {k} models per side; " if k else "no strong test; ")
                   + f"scenario wall time {result['wall_seconds'] / 60:.1f} min.", ""]
         lines += [*scenario_table(result), "", *targets(result), ""]
+    lines += verification_section(results, Path(results_dir) / "verification.json")
     atomic_write_text(report, "\n".join(lines))
+
+
+VERIFICATION_COLUMNS = (("exact_passed", "exact pass"), ("heldout_passed", "reference-free pass"),
+                        ("verified_cost_ratio", "(method + ref.-free verification) / retrain"),
+                        ("relearn_recovered", "relearn recovered"),
+                        ("relearn_recovered_retrain", "retrained model's relearn recovered"),
+                        ("quantized_recovered", "quantized recovered"))
+"""Per-method columns of the verification section (shares of seeds; ratios; recovered shares 0..1)."""
+AGREEMENT_TARGET, FALSE_PASS_TARGET, PEOPLE_COST_TARGET = 0.95, 0.02, 0.2
+
+
+def verification_section(results: list[dict[str, Any]], path: Path) -> list[str]:
+    """BENCHMARKS.md's section on verification without retraining: per scenario and method, the share of seeds
+    passed at each level, the verified cost and the robustness attacks; then agreement and false passes against
+    their targets (met or missed)."""
+    if not path.exists():
+        return []
+    summary = json.loads(path.read_text())
+    lines = ["## Verification without retraining", "",
+             "Every method's model of every seed is judged twice: at the exact level (against the model retrained "
+             "without the forget set) and reference-free (against held-out records of the same kind, nothing "
+             "trained), with the scenario's purpose (digits-backdoor: poison, judged by the attack success rate "
+             "against its base rate; others: privacy, judged by membership AUC and forget/held-out accuracy "
+             "parity, plus any effect probe). Pass columns are the share of seeds passed. The cost ratio adds the "
+             "reference-free verification (measuring the original and the unlearned model, and the robustness "
+             "attacks) to the method's time, over retraining's in the same process. Relearn: 20 fine-tuning steps "
+             "on 10% of the forget set, recovery measured on the other 90% (0 = nothing came back, 1 = back to the "
+             "original); the retrained model's own recovery under the same attack is the floor. Quantized: the "
+             "larger recovery of int8 (torch dynamic) and 4-bit round-to-nearest weights.", ""]
+    for result in results:
+        rows = [r for r in result["rows"] if r.get("heldout_passed") is not None or r.get("exact_passed") is not None]
+        if not rows:
+            continue
+        heads = " | ".join(c for _, c in VERIFICATION_COLUMNS)
+        lines += [f"### {result['scenario']}", "", f"| method | {heads} |",
+                  "|---|" + "---:|" * len(VERIFICATION_COLUMNS)]
+        lines += ["| " + " | ".join([r["method"], *(_fmt(r.get(k), 3) for k, _ in VERIFICATION_COLUMNS)]) + " |"
+                  for r in rows]
+        lines.append("")
+    cls = summary["classifiers"]
+    met = (cls["agreement"] is not None and cls["agreement"] >= AGREEMENT_TARGET
+           and (cls["false_pass_rate"] or 0.0) <= FALSE_PASS_TARGET)
+    lines += [f"Agreement over the classifier scenarios: {_fmt(cls['agreement'], 3)} over {cls['cases']} cases "
+              f"(exact passed {cls['exact_passed']}, reference-free passed {cls['heldout_passed']}); false pass "
+              f"rate {_fmt(cls['false_pass_rate'], 3)}. Target (agreement >= {AGREEMENT_TARGET}, false pass rate <= "
+              f"{FALSE_PASS_TARGET}): **{'met' if met else 'missed'}**.", ""]
+    for name, r in summary["by_scenario"].items():
+        lines.append(f"- {name}: agreement {_fmt(r['agreement'], 3)} over {r['cases']} cases, false pass rate "
+                     f"{_fmt(r['false_pass_rate'], 3)}")
+    people = next((x for x in results if x["scenario"] == "people"), None)
+    if people is not None:
+        cheap = [r for r in people["rows"] if (r.get("heldout_passed") or 0) > 0
+                 and r.get("verified_cost_ratio") is not None and r["verified_cost_ratio"] <= PEOPLE_COST_TARGET]
+        lines += ["", f"Target on people (a method passing reference-free at a verified cost ratio <= "
+                      f"{PEOPLE_COST_TARGET}): **{'met' if cheap else 'missed'}**"
+                      + (f" by {', '.join(r['method'] for r in cheap)}." if cheap else ".")]
+    return [*lines, ""]

@@ -1,8 +1,10 @@
 """The human report of an erasure request: one self-contained HTML file (inline CSS and SVG, nothing fetched).
 
 It is written for people who never run Python (a data subject, a rights holder, an auditor): what was asked and why,
-what was removed, the models' lineage, the verification figures and checks against the retrained reference, plots of
-the loss distributions and membership-attack ROC curves stored in the certificate, and the environment and hashes.
+what was removed, the verdict with its evidence level (``exact``: against a model retrained without the records;
+``reference-free``: against held-out data, nothing retrained) and what that level proves and does not, the models'
+lineage, the figures and checks (the decisive ones first), the robustness attacks, the cost, plots of the loss
+distributions and membership-attack ROC curves stored in the certificate, and the environment and hashes.
 Everything is read from the workspace (ledger and certificate files); nothing is measured again, since the forget
 set's records are erased right after certification.
 """
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_write_text
 from ..errors import InvalidRequest, NotFound
-from ..evidence.certificate import figure_rows, software_versions
+from ..evidence.certificate import VERDICTS, check_rows, columns, figure_rows, robustness_rows, software_versions
 from ..evidence.signing import signature_problem
 from ..ledger import ModelRow, RequestRow
 from ..workspace import Workspace
@@ -35,31 +37,65 @@ TEMPLATE = "report.html.j2"
 """The Jinja2 template (in ``disgorge/report/templates``) the report is rendered from."""
 
 MODELS = ("original", "unlearned", "reference")
-"""The three models a certificate measures, in the order the report shows them."""
+"""The models a certificate may measure, in the order the report shows them (a reference-free one has no
+reference)."""
 MODEL_LABELS = {"original": "original", "unlearned": "unlearned", "reference": "retrained reference"}
 """How the report names each of :data:`MODELS`."""
 COLORS = {"original": "#868e96", "unlearned": "#1c7ed6", "reference": "#2f9e44", "forget": "#e8590c",
           "test": "#495057"}
 """Plot colours of the models and of the forget and held-out sets (the template's CSS uses the same)."""
 
+DECISIVE_HOW = "distance to the target at most the limit: the noise, or what is left after closing {closure} of " \
+               "the original's distance"
+"""How a decisive check compares (``closure`` filled in from the certificate's thresholds)."""
+
 CHECKS = {
+    "membership": ("Membership: how well a membership attack tells the forgotten records from held-out records "
+                   "the model never saw (AUC in percent; 50 = not at all). Value: the unlearned model's distance to "
+                   "{target}", DECISIVE_HOW),
+    "parity": ("Accuracy parity: accuracy on the forgotten records minus accuracy on held-out records of the same "
+               "kind, in points (0 = the forgotten records are treated like unseen data). Value: distance to "
+               "{target}", DECISIVE_HOW),
+    "verbatim": ("Verbatim memorisation: how much more of the forgotten text the model reproduces word for word "
+                 "(ROUGE-L) than of held-out text, in points (0 = like unseen text). Value: distance to {target}",
+                 DECISIVE_HOW),
+    "effect": ("The effect to remove (an effect probe, in percent), e.g. how often a planted trigger still works. "
+               "Value: distance to {target}", DECISIVE_HOW),
     "changed": ("The unlearned model's weights differ from the original's", "must be yes"),
-    "avg_gap": ("Avg Gap: mean distance to the retrained reference over the main figures", "at most the limit"),
-    "ta_drop": ("Drop in held-out (test) accuracy relative to the reference", "at most the limit"),
-    "ra_drop": ("Drop in retain accuracy relative to the reference", "at most the limit"),
-    "mia_gap": ("Distance to the reference's membership-attack figure", "at most the limit"),
-    "effect_gap": ("Distance to the reference's effect probe", "at most the limit"),
-    "forget_quality": ("Forget quality: p-value that the forget set looks as in the reference",
-                       "at least the limit"),
+    "ta_drop": ("Drop in held-out (test) accuracy against {base}, in points", "at most the limit"),
+    "ra_drop": ("Drop in retain accuracy (on the records kept) against {base}, in points", "at most the limit"),
+    "forget_quality": ("Forget quality (TOFU): p-value that the unlearned model's truth ratios on the forget set "
+                       "look like the retrained reference's", "at least the limit"),
 }
-"""Plain-language description and comparison of each certificate check."""
+"""Plain-language description and comparison of each certificate check, by name (``effect:<probe>`` reads as
+``effect``); ``{target}`` and ``{base}`` name what the certificate's level compares with."""
+
+TARGETS = {
+    "exact": ("the retrained reference's figure (a model that never saw the records)", "the retrained reference"),
+    "reference-free": ("what a model that never saw the records scores, measured on held-out data (AUC 50, no "
+                       "accuracy gap, each effect at its base rate)", "the original"),
+}
+"""Per evidence level: what a decisive check's target is, and what the utility drops are measured against."""
 
 THRESHOLDS = {
-    "effect_gap": "effect probe gap (points)", "ta_drop": "test accuracy drop (points)",
-    "ra_drop": "retain accuracy drop (points)", "mia_gap": "membership-attack gap (points)",
-    "avg_gap": "Avg Gap (points)", "forget_quality": "forget quality (minimum p-value)",
+    "closure": "share of the original's distance a decisive figure must close",
+    "floors": "noise floors of the decisive figures (points)",
+    "ta_drop": "test accuracy drop (points)",
+    "ra_drop": "retain accuracy drop (points)",
+    "forget_quality": "forget quality (minimum p-value)",
 }
-"""Plain-language name of each certificate threshold."""
+"""Plain-language name of each certificate threshold (older certificates' others are shown by their key)."""
+
+VERDICT_WORDS = {"passed": VERDICTS["passed"], "failed": VERDICTS["failed"],
+                 "indistinguishable": VERDICTS["indistinguishable"]}
+"""The verdict a certificate records (``verdict``; ``passed`` in older ones) and how the report names it."""
+NOT_VERIFIED = "NOT VERIFIED"
+
+LEVEL_HELP = {
+    "exact": "a model was retrained from scratch without the records and the unlearned model was compared with it",
+    "reference-free": "no model was retrained: the unlearned model was compared with held-out records it never saw",
+}
+"""One line on each evidence level, for the banner."""
 
 _SIGNING = re.compile(r"sign|public_key|key_id|fingerprint", re.IGNORECASE)
 _PROVENANCE = ("issued_at", "software", "machine", "environment", "provenance")
@@ -74,16 +110,14 @@ def render_report(ws: Workspace, target: str) -> str:
     children = [only] if only is not None else _children(ws, request_id, row)
     sections = [_section(ws, request_id, child, i) for i, child in enumerate(children)]
     request = _request_facts(ws, request_id, row, [s["cert"] for s in sections if s["cert"]])
-    verdicts = [s["verdict"] for s in sections]
-    if not verdicts or "NOT VERIFIED" in verdicts:
-        verdict = "NOT VERIFIED"
-    else:
-        verdict = "PASSED" if all(v == "PASSED" for v in verdicts) else "FAILED"
+    verdict = _overall([s["verdict"] for s in sections])
     context = {
         "title": f"Erasure request r{request_id}" + (f", model {only}" if only else ""),
         "request_id": request_id,
         "request": request,
         "verdict": verdict,
+        "evidence": sorted({s["evidence"] for s in sections if s["cert"]}),
+        "level_help": LEVEL_HELP,
         "sections": sections,
         "environment": _environment(),
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -91,6 +125,18 @@ def render_report(ws: Workspace, target: str) -> str:
         "scenario": ws.scenario,
     }
     return _template().render(**context)
+
+
+def _overall(verdicts: list[str]) -> str:
+    """The request's verdict from its models': not verified if any is, failed if any failed, passed only if all
+    passed, else indistinguishable (which is never shown as a pass)."""
+    if not verdicts or NOT_VERIFIED in verdicts:
+        return NOT_VERIFIED
+    if VERDICTS["failed"] in verdicts:
+        return VERDICTS["failed"]
+    if all(v == VERDICTS["passed"] for v in verdicts):
+        return VERDICTS["passed"]
+    return VERDICTS["indistinguishable"]
 
 
 def write_report_html(ws: Workspace, target: str, out: Path | None = None) -> Path:
@@ -184,26 +230,36 @@ def _section(ws: Workspace, request_id: int, child: str, index: int) -> dict[str
     row = ws.ledger.find_model(child)
     section: dict[str, Any] = {"child": child, "row": row, "cert": cert, "index": index}
     if cert is None:
-        section.update(verdict="NOT VERIFIED",
+        section.update(verdict=NOT_VERIFIED, evidence=None,
                        lineage=_lineage_svg(ws, row.parent if row else None, child,
                                             row.method if row else None, None),
                        plots=[], missing=[])
         return section
     salt = f"r{request_id}-{child}"
     models = cert["models"]
+    reference = models.get("reference")
+    evidence = _evidence(cert)
+    thresholds = cert.get("thresholds") or {}
+    records = cert.get("records") or {}
+    heldout = None
+    if reference is None:
+        heldout = f"{records.get('heldout_matched', '?')} records, by {records.get('matched_by', '?')}"
     section.update(
-        verdict="PASSED" if cert.get("passed") else "FAILED",
+        verdict=VERDICT_WORDS[_verdict(cert)],
+        evidence=evidence,
+        target=TARGETS[evidence][0],
+        purpose=_purpose(cert),
+        columns=columns(cert),
         figures=figure_rows(cert),
-        checks=[{"name": name, "what": CHECKS.get(name, (name.replace("_", " "), ""))[0],
-                 "how": CHECKS.get(name, ("", ""))[1], "value": _show(c.get("value")),
-                 "limit": _show(c.get("limit")), "passed": bool(c.get("passed"))}
-                for name, c in cert.get("checks", {}).items()],
-        thresholds=[(THRESHOLDS.get(k, k), _show(v)) for k, v in cert.get("thresholds", {}).items()],
+        checks=_checks(cert, evidence),
+        robustness=_robustness(cert),
+        cost=_cost(cert),
+        thresholds=[(THRESHOLDS.get(k, k.replace("_", " ")), _threshold(k, v)) for k, v in thresholds.items()],
         units=(cert.get("figures") or {}).get("units", "Figures in percent."),
-        lineage=_lineage_svg(ws, models["parent"]["id"], child, cert.get("method"), models["reference"]["id"]),
-        hashes=[(MODEL_LABELS.get(k, k) if k != "parent" else "original (parent)", v["id"], v["sha256"])
-                for k, v in ((("parent", models["parent"]), ("child", models["child"]),
-                              ("reference", models["reference"])))],
+        lineage=_lineage_svg(ws, models["parent"]["id"], child, cert.get("method"),
+                             reference["id"] if reference else None, heldout),
+        hashes=[(MODEL_LABELS.get(k, k) if k != "parent" else "original (parent)", models[k]["id"],
+                 models[k]["sha256"]) for k in ("parent", "child", "reference") if k in models],
         config=cert.get("config") or {},
         auto=cert.get("auto"),
         strong=cert.get("strong"),
@@ -221,8 +277,8 @@ def _section(ws: Workspace, request_id: int, child: str, index: int) -> dict[str
             missing.append("Accuracy bars: this certificate has no forget, retain and held-out accuracies.")
         curves = cert.get("curves")
         if curves and curves.get("models"):
-            plots.append(_histogram_plot(curves, f"{salt}-hist"))
-            roc = _roc_plot(curves, f"{salt}-roc")
+            plots.append(_histogram_plot(curves, f"{salt}-hist", exact=reference is not None))
+            roc = _roc_plot(curves, f"{salt}-roc", exact=reference is not None)
             if roc is not None:
                 plots.append(roc)
         else:
@@ -234,6 +290,125 @@ def _section(ws: Workspace, request_id: int, child: str, index: int) -> dict[str
             plots.append(effect)
     section.update(plots=plots, missing=missing)
     return section
+
+
+def _verdict(cert: dict[str, Any]) -> str:
+    """The certificate's verdict (``passed``, ``failed``, ``indistinguishable``); older ones only say ``passed``."""
+    verdict = cert.get("verdict")
+    return verdict if verdict in VERDICT_WORDS else ("passed" if cert.get("passed") else "failed")
+
+
+def _evidence(cert: dict[str, Any]) -> str:
+    """``exact`` or ``reference-free``; older certificates (which always retrained a reference) are exact."""
+    evidence = cert.get("evidence")
+    if evidence in TARGETS:
+        return evidence
+    return "exact" if "reference" in (cert.get("models") or {}) else "reference-free"
+
+
+def _purpose(cert: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's purpose and the figures that decided it, named in words; None for older certificates."""
+    purpose = cert.get("purpose")
+    if not isinstance(purpose, dict):
+        return None
+    effect = (cert.get("effect") or {}).get("name")
+    named = []
+    for name in purpose.get("decisive") or []:
+        base, _, probe = name.partition(":")
+        if base == "effect":
+            named.append(f"effect probe ({(probe or effect or 'effect').replace('_', ' ')})")
+        else:
+            named.append({"membership": "membership", "parity": "accuracy parity",
+                          "verbatim": "verbatim memorisation"}.get(base, name))
+    return {"name": purpose.get("name", "?"), "help": _sentence(purpose.get("help") or "").strip(),
+            "decisive": named}
+
+
+def _checks(cert: dict[str, Any], evidence: str) -> list[dict[str, Any]]:
+    """The checks, decisive ones first (:func:`check_rows`' order and measured text), each explained."""
+    checks = cert.get("checks") or {}
+    target, base = TARGETS[evidence]
+    closure = (cert.get("thresholds") or {}).get("closure")
+    closure = f"{closure:.0%}" if isinstance(closure, (int, float)) else "most"
+    out = []
+    for name, measured, _, _, result in check_rows(cert):
+        c = checks[name]
+        what, how = CHECKS.get(name.split(":")[0], (name.replace("_", " "), ""))
+        if name.startswith("effect:"):
+            what = f"Effect probe {name.split(':', 1)[1].replace('_', ' ')}: " + what
+        decisive = bool(c.get("decisive"))
+        detail = ""
+        if decisive and c.get("noise") is not None and c.get("original_distance") is not None:
+            detail = (f"noise {_show(c['noise'])}; the original was {_show(c['original_distance'])} from its "
+                      "target" + (", within the noise" if c.get("indistinguishable") else ""))
+        out.append({"name": name, "decisive": decisive, "what": what.format(target=target, base=base),
+                    "how": how.format(closure=closure), "detail": detail, "measured": measured,
+                    "value": _show(c.get("value")), "limit": _show(c.get("limit")),
+                    "passed": bool(c.get("passed")), "indistinguishable": bool(c.get("indistinguishable")),
+                    "result": result})
+    return out
+
+
+def _robustness(cert: dict[str, Any]) -> dict[str, Any] | None:
+    """The robustness attacks' rows (:func:`robustness_rows`, with the reference's recovery where it was attacked
+    too) and headlines; None when the certificate records none."""
+    rob = cert.get("robustness")
+    if not isinstance(rob, dict):
+        return None
+    relearn = rob.get("relearn") or None
+    quantized = rob.get("quantized") or {}
+    blocks = {"relearn": relearn, "quantized int8": quantized.get("int8"), "quantized int4": quantized.get("int4")}
+    floor = {(attack, figure.replace("_", " ")): f.get("recovered")
+             for attack, block in blocks.items() if block and isinstance(block.get("reference"), dict)
+             for figure, f in (block["reference"].get("figures") or {}).items()}
+    reference = bool(floor)
+    rows = [{"attack": attack, "figure": figure, "cells": [original, before, after, recovered],
+             "floor": _show(floor.get((attack, figure))) if reference else None}
+            for attack, figure, original, before, after, recovered in robustness_rows(cert)]
+    headlines = []
+    for attack, block in blocks.items():
+        if not block:
+            continue
+        ref = block.get("reference") if isinstance(block.get("reference"), dict) else None
+        headlines.append({"attack": attack, "scheme": block.get("scheme"), "recovered": block.get("recovered"),
+                          "reference": ref.get("recovered") if ref else None, "ratio": block.get("ratio")})
+    return {"rows": rows, "reference": reference, "headlines": headlines, "relearn": relearn}
+
+
+def _cost(cert: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, how long) of the cost: the method against retraining at the exact level; the method and the
+    verification against the original's training at the reference-free level."""
+    s = cert.get("seconds") or {}
+    out = [("time of the method", _seconds(s.get("method")))]
+    if s.get("retrain") is not None:
+        out.append(("time to retrain (the reference)", _seconds(s["retrain"])))
+        ratio = cert.get("time_ratio")
+        out.append(("method / retraining", _show(ratio) + (f" ({100 * ratio:.1f}% of retraining)"
+                                                          if ratio is not None else "")))
+        if s.get("verification") is not None:
+            out.append(("time to verify", _seconds(s["verification"])))
+    else:
+        if s.get("verification") is not None:
+            out.append(("time to verify (no retraining)", _seconds(s["verification"])))
+        if s.get("training") is not None:
+            out.append(("time the original took to train", _seconds(s["training"])))
+        ratio = cert.get("verified_time_ratio")
+        if ratio is not None:
+            out.append(("(method + verification) / training",
+                        f"{_show(ratio)} ({100 * ratio:.1f}% of training the original)"))
+    return out
+
+
+def _seconds(v: Any) -> str:
+    return f"{v:.2f} s" if isinstance(v, (int, float)) else "-"
+
+
+def _threshold(key: str, value: Any) -> str:
+    if key == "closure" and isinstance(value, (int, float)):
+        return f"{value:.0%}"
+    if key == "floors" and isinstance(value, list):
+        return ", ".join(f"{pair[0]} {_show(pair[1])}" for pair in value if isinstance(pair, list) and len(pair) == 2)
+    return _show(value)
 
 
 def _show(v: Any) -> str:
@@ -302,9 +477,11 @@ _MAX_ANCESTORS = 3
 
 
 def _lineage_svg(ws: Workspace, parent: str | None, child: str, method: str | None,
-                 reference: str | None) -> dict[str, Any]:
+                 reference: str | None, heldout: str | None = None) -> dict[str, Any]:
     """Boxes and arrows of the lineage, for the template to draw as an inline SVG: the parent's last ancestors,
-    parent -> child (the method), the retrained reference below the parent, and the comparison child - reference."""
+    parent -> child (the method), and, where a reference was retrained, that reference below the parent with the
+    comparison child - reference; where none was (reference-free evidence), the held-out data the child was compared
+    with below the child (``heldout`` describes it)."""
     chain: list[ModelRow] = []
     row = ws.ledger.find_model(parent) if parent else None
     while row is not None:
@@ -352,8 +529,16 @@ def _lineage_svg(ws: Workspace, parent: str | None, child: str, method: str | No
                       "arrow": False,
                       "labels": [{"x": (ref["x"] + _BOX_W + kx) / 2, "y": ry - 8, "anchor": "middle",
                                   "lines": ["compared with"]}]})
+    below = bool(reference and chain)
+    if heldout and not reference and chain:
+        data = node(kid["x"], y_ref, "held-out data", heldout, "", "heldout")
+        kx = kid["x"] + _BOX_W / 2
+        edges.append({"d": f"M {kx} {_PAD + _BOX_H} L {kx} {data['y'] - 2}", "dashed": True, "arrow": False,
+                      "labels": [{"x": kx - 10, "y": _PAD + _BOX_H + _GAP_Y / 2 - 3, "anchor": "end",
+                                  "lines": ["compared with records", "no model trained on"]}]})
+        below = True
     width = kid["x"] + _BOX_W + _PAD
-    height = (y_ref if reference and chain else _PAD) + _BOX_H + _PAD
+    height = (y_ref if below else _PAD) + _BOX_H + _PAD
     return {"nodes": nodes, "edges": edges, "width": width, "height": height, "w": _BOX_W, "h": _BOX_H,
             "cut": cut, "pad": _PAD}
 
@@ -371,17 +556,30 @@ def _accuracies(figures: dict[str, Any]) -> list[float | None]:
             figures.get("ta", figures.get("test_accuracy"))]
 
 
+def _models(cert: dict[str, Any]) -> list[str]:
+    """The models the certificate measured, of :data:`MODELS` (no reference in a reference-free one)."""
+    metrics = cert.get("metrics") or {}
+    return [n for n in MODELS if n in metrics]
+
+
+def _names(models: list[str]) -> str:
+    """``original, unlearned and retrained reference`` for the report's plots' labels."""
+    labels = [MODEL_LABELS[n] for n in models]
+    return " and ".join(labels) if len(labels) < 3 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
 def _accuracy_plot(cert: dict[str, Any], salt: str) -> dict[str, Any] | None:
     metrics = cert.get("metrics") or {}
-    values = {name: _accuracies(metrics.get(name) or {}) for name in MODELS}
+    models = _models(cert)
+    values = {name: _accuracies(metrics.get(name) or {}) for name in models}
     if all(v is None for vs in values.values() for v in vs):
         return None
     fig = _figure(7.0, 3.4)
     ax = fig.subplots()
     groups = ["forget set", "retain set", "held-out (test) set"]
-    width = 0.26
-    for i, name in enumerate(MODELS):
-        xs = [g + (i - 1) * width for g in range(len(groups))]
+    width = 0.78 / max(len(models), 1)
+    for i, name in enumerate(models):
+        xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(groups))]
         heights = [v if v is not None else 0 for v in values[name]]
         bars = ax.bar(xs, heights, width * 0.94, color=COLORS[name], label=MODEL_LABELS[name])
         for bar, v in zip(bars, values[name], strict=True):
@@ -390,16 +588,25 @@ def _accuracy_plot(cert: dict[str, Any], salt: str) -> dict[str, Any] | None:
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 112)
-    ax.legend(loc="upper center", ncols=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1.17))
+    ax.legend(loc="upper center", ncols=len(models), fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1.17))
     _tidy(ax)
-    return {"title": "Accuracy on the forget, retain and held-out sets",
-            "caption": "The unlearned model (blue) should look like the retrained reference (green), which never "
-                       "saw the forget set: on the forget set it should be about as accurate as on unseen data, "
-                       "and on the retain and held-out sets it should keep the original's accuracy.",
-            "svg": _svg(fig, salt, "Bar chart: accuracy of the original, unlearned and reference models")}
+    if "reference" in models:
+        caption = ("The unlearned model (blue) should look like the retrained reference (green), which never saw the "
+                   "forget set: on the forget set it should be about as accurate as on unseen data, and on the "
+                   "retain and held-out sets it should keep the original's accuracy.")
+    else:
+        caption = ("No model was retrained for this certificate, so the comparison is with unseen data: on the forget "
+                   "set the unlearned model (blue) should be about as accurate as on the held-out set, which no "
+                   "model trained on, and on the retain and held-out sets it should keep the original's (grey) "
+                   "accuracy.")
+    if (cert.get("purpose") or {}).get("name") in ("poison", "bias"):
+        caption += (" For this request's purpose the forgotten records' labels may be wrong (a planted trigger), so "
+                    "accuracy on them does not decide; the effect probe does.")
+    return {"title": "Accuracy on the forget, retain and held-out sets", "caption": caption,
+            "svg": _svg(fig, salt, f"Bar chart: accuracy of the {_names(models)} models")}
 
 
-def _histogram_plot(curves: dict[str, Any], salt: str) -> dict[str, Any]:
+def _histogram_plot(curves: dict[str, Any], salt: str, *, exact: bool = True) -> dict[str, Any]:
     edges = curves["edges"]
     names = [n for n in MODELS if n in curves["models"]]
     fig = _figure(3.1 * len(names) + 0.3, 3.0)
@@ -423,11 +630,13 @@ def _histogram_plot(curves: dict[str, Any], salt: str) -> dict[str, Any]:
             "caption": f"Per-example loss on the {curves.get('forget', '?')} forgotten records (orange) and the "
                        f"{curves.get('test', '?')} held-out records (grey). A model that memorised the forget set has "
                        "much lower loss on it than on unseen data (orange to the left of grey); after unlearning "
-                       "the two should overlap as they do for the retrained reference.",
+                       "the two should overlap, " + ("as they do for the retrained reference." if exact else
+                                                     "as they would for a model that never saw the forget set (no "
+                                                     "model was retrained: unseen data is the comparison)."),
             "svg": _svg(fig, salt, "Histograms of per-example loss, forget set against held-out data")}
 
 
-def _roc_plot(curves: dict[str, Any], salt: str) -> dict[str, Any] | None:
+def _roc_plot(curves: dict[str, Any], salt: str, *, exact: bool = True) -> dict[str, Any] | None:
     rocs = {n: curves["models"][n]["roc"] for n in MODELS if (curves["models"].get(n) or {}).get("roc")}
     if not rocs:
         return None
@@ -449,32 +658,46 @@ def _roc_plot(curves: dict[str, Any], salt: str) -> dict[str, Any] | None:
                        "A curve on the diagonal (AUC 50) means the forgotten records look like data the model never "
                        "saw; far above it, the model still recognises them. A curve below the diagonal means they "
                        "look less familiar than unseen data, as records a clean model gets wrong do (poisoned or "
-                       "mislabelled ones). The unlearned model's curve should be close to the reference's.",
-            "svg": _svg(fig, salt, "ROC curves of the membership attack for the three models")}
+                       "mislabelled ones). " + ("The unlearned model's curve should be close to the reference's."
+                                                if exact else "No model was retrained for this certificate: the "
+                                                "unlearned model's curve should lie near the diagonal, where a model "
+                                                "that never saw the records would be."),
+            "svg": _svg(fig, salt, f"ROC curves of the membership attack for the {_names(list(rocs))} models")}
 
 
 def _effect_plot(cert: dict[str, Any], salt: str) -> dict[str, Any] | None:
     effect = cert.get("effect")
     metrics = cert.get("metrics") or {}
-    values = {n: (metrics.get(n) or {}).get("effect") for n in MODELS}
+    models = _models(cert)
+    values = {n: (metrics.get(n) or {}).get("effect") for n in models}
     if not effect or all(v is None for v in values.values()):
         return None
-    fig = _figure(6.0, 2.2)
+    check = (cert.get("checks") or {}).get("effect") or {}
+    target = check.get("target") if check.get("decisive") else None
+    fig = _figure(6.0, 0.6 * len(models) + 0.4)
     ax = fig.subplots()
-    names = list(MODELS)[::-1]
+    names = models[::-1]
     bars = ax.barh([MODEL_LABELS[n] for n in names], [values[n] or 0 for n in names],
                    color=[COLORS[n] for n in names], height=0.6)
     for bar, n in zip(bars, names, strict=True):
         v = values[n]
         ax.annotate("-" if v is None else f"{v:.1f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                     va="center", fontsize=8, xytext=(3, 0), textcoords="offset points")
+    if target is not None:
+        ax.axvline(target, color="#212529", linestyle="--", linewidth=1.2, label=f"target ({target:.1f})")
+        ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_xlim(0, max(105, max((v or 0) for v in values.values()) * 1.1))
     ax.set_xlabel(effect.get("name", "effect").replace("_", " ") + " (%)")
     _tidy(ax)
+    if "reference" in models:
+        tail = "The unlearned model should be at the level of the reference, which never saw the forget set."
+    else:
+        tail = ("No model was retrained for this certificate: the unlearned model should be at the effect's base "
+                "rate, what a model that never saw the forget set scores" +
+                (f" ({target:.1f}, the dashed line)." if target is not None else "."))
     return {"title": f"The effect to remove: {effect.get('name', 'effect').replace('_', ' ')}",
-            "caption": _sentence(effect.get("help") or "") + "The unlearned model should be at the level of the "
-                       "reference, which never saw the forget set.",
-            "svg": _svg(fig, salt, "Bar chart of the effect probe for the three models")}
+            "caption": _sentence(effect.get("help") or "") + tail,
+            "svg": _svg(fig, salt, f"Bar chart of the effect probe for the {_names(models)} models")}
 
 
 def _sentence(text: str) -> str:
