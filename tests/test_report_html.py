@@ -18,25 +18,35 @@ import pytest
 
 from disgorge.erasure import forget
 from disgorge.errors import InvalidRequest, NotFound
-from disgorge.evidence.certificate import CURVE_BINS, ROC_POINTS, figure_rows
-from disgorge.report.html import render_report, write_report_html
+from disgorge.evidence.certificate import CURVE_BINS, ROC_POINTS, VERDICTS, check_rows, figure_rows, robustness_rows
+from disgorge.report.html import _overall, render_report, write_report_html
 from disgorge.workspace import Workspace
 
 REASON = "poisoned <script>alert(1)</script> images"
 
 
-@pytest.fixture(scope="module")
-def made(backdoor_template: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One erasure request (contributor-07 with grad_diff) in a private copy of the template workspace, made once
-    for the module: the workspace root, the request id, the child and its certificate."""
-    root = tmp_path_factory.mktemp("report") / "ws"
-    shutil.copytree(backdoor_template[0], root)
+def _made(template: tuple[Path, str], factory: pytest.TempPathFactory, verify: str) -> dict[str, Any]:
+    root = factory.mktemp("report") / "ws"
+    shutil.copytree(template[0], root)
     with Workspace.open(root) as ws:
-        result = forget(ws, sources=["contributor-07"], method="grad_diff", reason=REASON)
+        result = forget(ws, sources=["contributor-07"], method="grad_diff", reason=REASON, verify=verify)
     (child,) = result.children
     (cert,) = result.certificates
-    return {"root": root, "request": result.request_id, "child": child.id, "cert": cert,
-            "parent": backdoor_template[1]}
+    return {"root": root, "request": result.request_id, "child": child.id, "cert": cert, "parent": template[1]}
+
+
+@pytest.fixture(scope="module")
+def made(backdoor_template: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One erasure request (contributor-07 with grad_diff) verified at the exact level (a retrained reference) in a
+    private copy of the template workspace, made once for the module: the workspace root, the request id, the child
+    and its certificate."""
+    return _made(backdoor_template, tmp_path_factory, "exact")
+
+
+@pytest.fixture(scope="module")
+def made_free(backdoor_template: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same request verified reference-free (against held-out data, nothing retrained), in another copy."""
+    return _made(backdoor_template, tmp_path_factory, "heldout")
 
 
 @pytest.fixture
@@ -104,14 +114,32 @@ def test_report_is_self_contained_and_shows_the_certificate(ws: Workspace, made:
     _self_contained(html)
     assert f"Erasure request r{made['request']}" in html
     assert "grad_diff" in html and "contributor-07" in html
-    assert '<div class="word">PASSED</div>' in html and cert["passed"]
+    assert '<div class="word">PASSED</div>' in html and cert["passed"] and cert["verdict"] == "passed"
+    assert cert["evidence"] == "exact" and "exact evidence" in html
     # user input is escaped, never markup
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    # the figures table holds exactly the certificate's formatted rows
-    assert _cells(_table(html, "figures")) == [list(r) for r in figure_rows(cert)]
+    # what the evidence proves and does not, the purpose and what decided
+    text = unescape(html)
+    assert cert["proves"] in text and cert["does_not_prove"] in text
+    assert cert["purpose"]["name"] == "poison" and "Decided by" in text and "attack success rate" in text
+    # the figures table holds exactly the certificate's formatted rows, with the reference's column
+    figures = _table(html, "figures")
+    assert _cells(figures) == [list(r) for r in figure_rows(cert)] and "retrained reference" in figures
+    assert "Avg Gap to reference" in html
+    # the checks: decisive first, with their measured figure, interval, target and original, all passed
     checks = _cells(_table(html, "checks"))
-    assert [c[0] for c in checks] == list(cert["checks"])
-    assert all(c[-1] == "✔ pass" for c in checks)
+    assert [c[0].replace("decisive", "") for c in checks] == [r[0] for r in check_rows(cert)]
+    assert [c[2] for c in checks] == [r[1] or "—" for r in check_rows(cert)]
+    assert checks[0][0] == "effectdecisive" and "vs target" in checks[0][2]
+    assert all(c[-1].startswith("✔ pass") for c in checks)
+    assert not {"avg_gap", "mia_gap", "effect_gap"} & {c[0] for c in checks}
+    # robustness: the attacks' rows and the reference's recovery (the floor)
+    robustness = _cells(_table(html, "robustness"))
+    rows = robustness_rows(cert)
+    assert rows and [c[:6] for c in robustness] == [list(r) for r in rows]
+    floor = cert["robustness"]["relearn"]["reference"]["figures"]["forget_accuracy"]["recovered"]
+    assert float(robustness[0][6]) == pytest.approx(floor, abs=0.006)
+    assert "0 means nothing came back" in html and "give the floor" in html
     (source,) = _cells(_table(html, "sources"))
     assert (source[0], source[1], source[3]) == ("contributor-07", "CC-BY-4.0", "72")
     # lineage + accuracy bars + loss histograms + ROC curves + effect probe
@@ -147,24 +175,42 @@ def test_report_of_one_model_and_refusals(ws: Workspace, made: dict[str, Any], t
         assert "\n" not in str(exc.value)
 
 
+NEW_KEYS = ("curves", "signature", "software", "machine", "issued_at", "erasure_request", "level", "evidence",
+            "proves", "does_not_prove", "purpose", "verdict", "score", "robustness", "evidence_figures",
+            "verified_time_ratio")
+"""Keys an old certificate (format /1) lacks."""
+
+
 def test_old_certificate_without_curves_says_so(made: dict[str, Any], tmp_path: Path):
-    """A certificate made before the curves were kept (and unsigned) still gives a report: the plots it can draw,
-    a note where the loss plots would be, no signature section."""
+    """A certificate made before the curves were kept (and unsigned), before evidence levels and verdicts (its
+    checks the old ones, its verdict only ``passed``) still gives a report: the verdict from ``passed``, the
+    reference's column, its own checks, the plots it can draw, a note where the loss plots would be, no signature or
+    robustness."""
     root = tmp_path / "ws"
     shutil.copytree(made["root"], root)
     cert_path = root / "reports" / f"r{made['request']}" / made["child"] / "certificate.json"
-    old = {k: v for k, v in json.loads(cert_path.read_text()).items()
-           if k not in ("curves", "signature", "software", "machine", "issued_at", "erasure_request")}
+    old = {k: v for k, v in json.loads(cert_path.read_text()).items() if k not in NEW_KEYS}
     old["format"] = "disgorge-certificate/1"
+    old["checks"] = {"changed": {"value": True, "limit": True, "passed": True},
+                     "avg_gap": {"value": 3.2, "limit": 10.0, "passed": True},
+                     "ta_drop": {"value": 1.1, "limit": 3.0, "passed": True},
+                     "mia_gap": {"value": 5.1, "limit": 20.0, "passed": True},
+                     "effect_gap": {"value": 0.0, "limit": 5.0, "passed": True}}
+    old["seconds"] = {"method": 1.5, "retrain": 30.0}
     cert_path.write_text(json.dumps(old))
     with Workspace.open(root) as ws:
         html = render_report(ws, str(made["request"]))
     _self_contained(html)
+    assert '<div class="word">PASSED</div>' in html and "exact evidence" in html
     assert "Not available" in html and "cannot be drawn now" in html
     assert html.count("<svg") == 3  # lineage, accuracy bars, effect probe
-    assert "<h3>Signature</h3>" not in html
+    assert "<h3>Signature</h3>" not in html and "What this proves" not in html
+    assert "records no robustness attack" in html
     assert 'id="environment"' in html  # where the certificate does not say, the rendering machine is shown
     assert _cells(_table(html, "figures")) == [list(r) for r in figure_rows(old)]
+    checks = _cells(_table(html, "checks"))
+    assert [c[0] for c in checks] == list(old["checks"]) and all(c[-1] == "✔ pass" for c in checks)
+    assert "1.50 s" in html and "30.00 s" in html
 
 
 def test_a_changed_certificate_shows_its_signature_fails(made: dict[str, Any], tmp_path: Path):
@@ -188,9 +234,9 @@ def test_a_rejected_request_is_reported_from_its_certificate(made: dict[str, Any
     root = tmp_path / "ws"
     shutil.copytree(made["root"], root)
     cert = json.loads((root / "reports" / f"r{made['request']}" / made["child"] / "certificate.json").read_text())
-    cert.update(request=77, passed=False, outcome="rejected")
+    cert.update(request=77, passed=False, verdict="failed", outcome="rejected")
     cert["models"]["child"]["id"] = "m77"
-    cert["checks"]["avg_gap"].update(limit=0.01, passed=False)
+    cert["checks"]["ta_drop"].update(limit=0.01, passed=False)
     folder = root / "reports" / "r77" / "m77"
     folder.mkdir(parents=True)
     (folder / "certificate.json").write_text(json.dumps(cert))
@@ -202,7 +248,80 @@ def test_a_rejected_request_is_reported_from_its_certificate(made: dict[str, Any
     assert '<div class="word">FAILED</div>' in html and "nothing was erased" in html
     assert "Unlearned model m77" in html and "not committed" in html
     checks = {c[0]: c[-1] for c in _cells(_table(html, "checks"))}
-    assert checks["avg_gap"] == "✘ FAIL" and checks["changed"] == "✔ pass"
+    assert checks["ta_drop"] == "✘ FAIL" and checks["changed"] == "✔ pass"
+
+
+def test_reference_free_report(made_free: dict[str, Any]):
+    """A reference-free certificate's report has no reference anywhere (no column, no lineage node, no Avg Gap, no
+    caption about one): it names its evidence level, says what that proves and does not, shows the verdict, the
+    checks against the level of unseen data, the robustness attacks without a floor and the cost against the
+    original's training."""
+    cert = made_free["cert"]
+    assert cert["evidence"] == "reference-free" and "reference" not in cert["models"]
+    with Workspace.open(made_free["root"]) as ws:
+        html = render_report(ws, str(made_free["request"]))
+    _self_contained(html)
+    text = unescape(html)
+    assert '<div class="word">PASSED</div>' in html and cert["verdict"] == "passed"
+    assert "reference-free evidence" in html and "No model was retrained" in text
+    assert cert["proves"] in text and cert["does_not_prove"] in text
+    assert "What this proves" in html and "What it does not prove" in html
+    # no reference: not in the figures table, the lineage, the cards, the plots or their captions
+    assert "retrained reference" not in html and "Avg Gap" not in html
+    figures = _table(html, "figures")
+    assert re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", figures) == ["figure", "original", "unlearned"]
+    assert _cells(figures) == [list(r) for r in figure_rows(cert)]
+    assert all(len(row) == 3 for row in _cells(figures))
+    lineage = re.search(r'<div class="lineage">.*?</svg>', html, re.S).group(0)
+    assert "#2f9e44" not in lineage and "held-out data" in lineage
+    assert f"{cert['records']['heldout_matched']} records, by {cert['records']['matched_by']}" in lineage
+    assert "reference's" not in text and "the reference" not in text
+    # the checks against unseen data, decisive first; utility against the original
+    checks = _cells(_table(html, "checks"))
+    assert [c[0].replace("decisive", "") for c in checks] == [r[0] for r in check_rows(cert)]
+    assert "the level of unseen data" in checks[0][1] and "against the original" in text
+    # robustness without a floor
+    robustness = _table(html, "robustness")
+    assert [c for c in _cells(robustness)] == [list(r) for r in robustness_rows(cert)]
+    assert "floor" not in robustness and "no floor to compare with" in text
+    # cost: method and verification against the original's training
+    s = cert["seconds"]
+    assert s["retrain"] is None
+    assert f"{s['verification']:.2f} s" in html and f"{s['training']:.2f} s" in html
+    assert f"{100 * cert['verified_time_ratio']:.1f}% of training the original" in html
+    assert html.count("<svg") >= 5
+
+
+def test_indistinguishable_is_never_shown_as_a_pass(made_free: dict[str, Any], tmp_path: Path):
+    """A certificate whose original was already within the noise of the target says so, in a neutral colour, and
+    never as a pass; so does the request it belongs to."""
+    root = tmp_path / "ws"
+    shutil.copytree(made_free["root"], root)
+    cert_path = root / "reports" / f"r{made_free['request']}" / made_free["child"] / "certificate.json"
+    cert = json.loads(cert_path.read_text())
+    cert.update(verdict="indistinguishable", passed=False)
+    for check in cert["checks"].values():
+        if check.get("decisive"):
+            check["indistinguishable"] = True
+    cert_path.write_text(json.dumps(cert))
+    with Workspace.open(root) as ws:
+        html = render_report(ws, str(made_free["request"]))
+    word = VERDICTS["indistinguishable"]
+    assert f'<div class="word">{word}</div>' in html and ">PASSED<" not in html
+    assert f'class="pill v-{word.replace(" ", "-")}"' in html and "This is not a pass" in html
+    css = re.search(rf"\.v-{word.replace(' ', '-')} {{([^}}]*)}}", html).group(1)
+    assert "var(--neutral)" in css and "--pass" not in css
+    assert _cells(_table(html, "checks"))[0][-1] == "✔ pass (original within noise)"
+
+
+def test_request_verdict_from_its_models():
+    """A request passes only when every model passed; any failure fails it; a mix of passed and indistinguishable
+    is indistinguishable, never a pass."""
+    passed, failed, same = VERDICTS["passed"], VERDICTS["failed"], VERDICTS["indistinguishable"]
+    assert _overall([passed, passed]) == passed
+    assert _overall([passed, same]) == same == _overall([same])
+    assert _overall([same, failed, passed]) == failed
+    assert _overall([passed, "NOT VERIFIED"]) == "NOT VERIFIED" == _overall([])
 
 
 def test_template_ships_in_the_package():

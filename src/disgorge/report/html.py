@@ -51,15 +51,15 @@ DECISIVE_HOW = "distance to the target at most the limit: the noise, or what is 
 
 CHECKS = {
     "membership": ("Membership: how well a membership attack tells the forgotten records from held-out records "
-                   "the model never saw (AUC in percent; 50 = not at all). Value: the unlearned model's distance to "
-                   "{target}", DECISIVE_HOW),
+                   "the model never saw (AUC in percent; 50 = not at all). Value: distance to {target}",
+                   DECISIVE_HOW),
     "parity": ("Accuracy parity: accuracy on the forgotten records minus accuracy on held-out records of the same "
                "kind, in points (0 = the forgotten records are treated like unseen data). Value: distance to "
                "{target}", DECISIVE_HOW),
     "verbatim": ("Verbatim memorisation: how much more of the forgotten text the model reproduces word for word "
                  "(ROUGE-L) than of held-out text, in points (0 = like unseen text). Value: distance to {target}",
                  DECISIVE_HOW),
-    "effect": ("The effect to remove (an effect probe, in percent), e.g. how often a planted trigger still works. "
+    "effect": ("The effect to remove, in percent (an effect probe: e.g. how often a planted trigger still works). "
                "Value: distance to {target}", DECISIVE_HOW),
     "changed": ("The unlearned model's weights differ from the original's", "must be yes"),
     "ta_drop": ("Drop in held-out (test) accuracy against {base}, in points", "at most the limit"),
@@ -71,11 +71,14 @@ CHECKS = {
 ``effect``); ``{target}`` and ``{base}`` name what the certificate's level compares with."""
 
 TARGETS = {
-    "exact": ("the retrained reference's figure (a model that never saw the records)", "the retrained reference"),
-    "reference-free": ("what a model that never saw the records scores, measured on held-out data (AUC 50, no "
-                       "accuracy gap, each effect at its base rate)", "the original"),
+    "exact": {"target": "the retrained reference's figure", "base": "the retrained reference",
+              "long": "the figure of the model retrained from scratch without the records"},
+    "reference-free": {"target": "the level of unseen data", "base": "the original",
+                       "long": "what a model that never saw the records scores, measured on held-out data: a "
+                               "membership AUC of 50, no accuracy gap, each effect at its base rate"},
 }
-"""Per evidence level: what a decisive check's target is, and what the utility drops are measured against."""
+"""Per evidence level: a decisive check's target (short, and ``long`` for the page), and what the utility drops
+are measured against (``base``)."""
 
 THRESHOLDS = {
     "closure": "share of the original's distance a decisive figure must close",
@@ -247,7 +250,7 @@ def _section(ws: Workspace, request_id: int, child: str, index: int) -> dict[str
     section.update(
         verdict=VERDICT_WORDS[_verdict(cert)],
         evidence=evidence,
-        target=TARGETS[evidence][0],
+        target=TARGETS[evidence],
         purpose=_purpose(cert),
         columns=columns(cert),
         figures=figure_rows(cert),
@@ -327,7 +330,7 @@ def _purpose(cert: dict[str, Any]) -> dict[str, Any] | None:
 def _checks(cert: dict[str, Any], evidence: str) -> list[dict[str, Any]]:
     """The checks, decisive ones first (:func:`check_rows`' order and measured text), each explained."""
     checks = cert.get("checks") or {}
-    target, base = TARGETS[evidence]
+    target, base = TARGETS[evidence]["target"], TARGETS[evidence]["base"]
     closure = (cert.get("thresholds") or {}).get("closure")
     closure = f"{closure:.0%}" if isinstance(closure, (int, float)) else "most"
     out = []
@@ -661,7 +664,8 @@ def _roc_plot(curves: dict[str, Any], salt: str, *, exact: bool = True) -> dict[
                        "mislabelled ones). " + ("The unlearned model's curve should be close to the reference's."
                                                 if exact else "No model was retrained for this certificate: the "
                                                 "unlearned model's curve should lie near the diagonal, where a model "
-                                                "that never saw the records would be."),
+                                                "that never saw the records would be (or below it, for records such a "
+                                                "model gets wrong)."),
             "svg": _svg(fig, salt, f"ROC curves of the membership attack for the {_names(list(rocs))} models")}
 
 
