@@ -14,6 +14,7 @@ from scipy import stats
 from disgorge import forget, verify
 from disgorge.api import ingest_scenario, train
 from disgorge.cli import main
+from disgorge.erasure import VerificationFailed
 from disgorge.errors import InvalidRequest
 from disgorge.evaluate.intervals import Estimate, auc_statistic, bootstrap, mean_difference
 from disgorge.evidence.certificate import certify
@@ -77,7 +78,7 @@ def test_backdoor_left_in_fails_heldout(backdoor_ws, trained_id):
 def test_failed_heldout_verdict_refuses_the_request(backdoor_ws, trained_id):
     """Without --accept-failed, a failing reference-free verdict erases nothing."""
     ws = backdoor_ws
-    with pytest.raises(InvalidRequest, match="failed verification"):
+    with pytest.raises(VerificationFailed, match="effect"):
         forget(ws, sources=["contributor-07"], method="finetune", options={"max_steps": 2}, verify="heldout")
     assert ws.ledger.tombstone_count() == 0 and ws.ledger.model(trained_id).status == "active"
 
@@ -186,7 +187,7 @@ def test_parity_interval_covers_the_true_difference():
 
 
 def test_tiny_sample_gets_the_whole_range():
-    e = bootstrap(auc_statistic, np.array([1.0]), np.arange(10.0), bounds=(0, 100))
+    e = bootstrap(auc_statistic, np.array([100.0]), np.arange(10.0), bounds=(0, 100))
     assert (e.low, e.high) == (0, 100) and e.value == 100.0
 
 

@@ -36,6 +36,7 @@ from .judge import (
     HELDOUT,
     PURPOSES,
     HeldOut,
+    NoComparison,
     ProbeOutcomes,
     Purpose,
     Thresholds,
@@ -146,7 +147,7 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
     retain = ws.dataset(task, _sample(retain_ids, LM_RETAIN_SAMPLE if task.figures.verbatim else RETAIN_SAMPLE,
                                       seed))
     test = ws.dataset(task, ws.test_ids())
-    held = heldout_for(ws, task, forget_ids, forget, test)
+    held = _heldout(ws, task, forget_ids, forget, test, level)
     models = {"original": parent_model, "unlearned": child_model}
     if reference_model is not None:
         models["reference"] = reference_model
@@ -211,6 +212,18 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
         "robustness": robustness,
         "curves": loss_curves(measured),
     }
+
+
+def _heldout(ws: Workspace, task: Task, forget_ids: BitMap, forget: RecordDataset, test: RecordDataset,
+             level: str) -> HeldOut:
+    """The held-out comparison data; at the exact level, where the reference gives the targets, all held-out
+    records serve when none of the forget set's kind exist."""
+    try:
+        return heldout_for(ws, task, forget_ids, forget, test)
+    except NoComparison:
+        if level == HELDOUT or len(test) == 0:
+            raise
+        return HeldOut(test, test, "all")
 
 
 def _purpose(name: str, probes: Sequence[Probe]) -> Purpose:
@@ -313,7 +326,7 @@ def robustness_block(ws: Workspace, *, task: Task, parent: ModelRow, parent_mode
                      probes: Sequence[Probe] = (), seed: int = 0) -> dict[str, Any]:
     """A certificate's ``robustness`` block on its own (for a certificate made with ``robust=False``)."""
     forget, test = ws.dataset(task, forget_ids), ws.dataset(task, ws.test_ids())
-    held = heldout_for(ws, task, forget_ids, forget, test) if len(test) else HeldOut(test, test, "all")
+    held = _heldout(ws, task, forget_ids, forget, test, EXACT if reference_model is not None else HELDOUT)
     models = {"original": parent_model, "unlearned": child_model}
     if reference_model is not None:
         models["reference"] = reference_model
