@@ -16,7 +16,7 @@ _EXPORTS = {
     "train": "api", "verify": "api", "verify_strong": "api",
     "unlearn": "direct",
     "DisgorgeError": "errors",
-    "Thresholds": "evidence.certificate",
+    "Thresholds": "evidence.judge",
     "METHODS": "methods", "Method": "methods", "MethodConfig": "methods", "UnlearnRequest": "methods",
     "get_method": "methods",
     "Recipe": "spec",
