@@ -81,3 +81,18 @@ def people_mini() -> PeopleMini:
     model, _ = fit_recipe(task, recipe, train, info)
     return PeopleMini(task, recipe, task.dataset(records["forget"]), task.dataset(records["retain"]),
                       task.dataset(records["test"]), train, info, model)
+
+
+def poisoner_request(ws: Workspace, model_id: str) -> tuple[Any, Any, Any]:
+    """A trained digits-backdoor model, the UnlearnRequest that forgets the poisoning contributor, and the held-out
+    data: ``(model, request, test)``."""
+    from disgorge.methods import UnlearnRequest
+    from disgorge.spec import Recipe
+
+    model, row, task = ws.load_model(model_id)
+    ids = ws.select(sources=["contributor-07"])
+    recipe = Recipe.from_toml(row.recipe)
+    request = UnlearnRequest(task=task, forget=ws.dataset(task, row.records & ids),
+                             retain=ws.dataset(task, row.records - ids), train=recipe.train,
+                             data_info=row.info["data"], seed=recipe.seed)
+    return model, request, ws.dataset(task, ws.test_ids())

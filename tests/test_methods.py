@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import poisoner_request
 from disgorge import METHODS, get_method
 from disgorge.errors import InvalidRequest, NotFound
 from disgorge.evaluate import accuracy
@@ -18,14 +19,7 @@ from disgorge.spec import Recipe
 @pytest.fixture
 def problem(backdoor_ws, trained_id):
     """The trained backdoored model and an UnlearnRequest for the poisoning contributor."""
-    model, row, task = backdoor_ws.load_model(trained_id)
-    ids = backdoor_ws.select(sources=["contributor-07"])
-    recipe = Recipe.from_toml(row.recipe)
-    request = UnlearnRequest(task=task, forget=backdoor_ws.dataset(task, row.records & ids),
-                             retain=backdoor_ws.dataset(task, row.records - ids), train=recipe.train,
-                             data_info=row.info["data"], seed=recipe.seed)
-    test = backdoor_ws.dataset(task, backdoor_ws.test_ids())
-    return model, request, test, backdoor_ws
+    return (*poisoner_request(backdoor_ws, trained_id), backdoor_ws)
 
 
 def _asr(model, request, test):

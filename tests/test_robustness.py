@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import poisoner_request
 from disgorge import Workspace, get_method
 from disgorge.evaluate import accuracy
 from disgorge.evidence.robustness import (
@@ -22,7 +23,6 @@ from disgorge.evidence.robustness import (
 )
 from disgorge.methods import UnlearnRequest
 from disgorge.scenarios import get_scenario
-from disgorge.spec import Recipe
 
 
 @dataclass
@@ -48,14 +48,8 @@ def digits(backdoor_template, tmp_path_factory) -> Digits:
     dst = tmp_path_factory.mktemp("robustness") / "ws"
     shutil.copytree(src, dst)
     with Workspace.open(dst) as ws:
-        model, row, task = ws.load_model(model_id)
-        ids = ws.select(sources=["contributor-07"])
-        recipe = Recipe.from_toml(row.recipe)
-        request = UnlearnRequest(task=task, forget=ws.dataset(task, row.records & ids),
-                                 retain=ws.dataset(task, row.records - ids), train=recipe.train,
-                                 data_info=row.info["data"], seed=recipe.seed)
-        test = ws.dataset(task, ws.test_ids())
-    return Digits(task, request, test, get_scenario("digits-backdoor").probes(), model,
+        model, request, test = poisoner_request(ws, model_id)
+    return Digits(request.task, request, test, get_scenario("digits-backdoor").probes(), model,
                   get_method("gradient_ascent").unlearn(model, request), get_method("retrain").unlearn(model, request))
 
 

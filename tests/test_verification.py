@@ -139,6 +139,9 @@ def test_cli_heldout_json_and_verify_level(backdoor_ws, capsys):
     (cert,) = data["certificates"]
     assert cert["evidence"] == "reference-free" and data["erased"] is False
     child = data["children"][0]["model"]
+    assert _exit_code(["models", "--all", "--json", "-w", root]) == 0
+    kinds = [m["kind"] for m in json.loads(capsys.readouterr().out)]
+    assert kinds == ["trained", "unlearned"]  # no reference was trained
     assert _exit_code(["verify", child, "--level", "heldout", "-w", root]) == 0
     out = capsys.readouterr().out
     assert "reference-free evidence" in out and "proves:" in out and "relearn" in out

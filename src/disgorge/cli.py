@@ -568,6 +568,7 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
         for row in rob:
             attacks.add_row(*(Text(c) for c in row))
         out.print(attacks)
+        out.print(Text(_robustness_line(cert["robustness"])))
     if "auto" in cert:
         tried = Table(title=f"--method auto: each method within {cert['auto']['budget_seconds_each']:.2f}s",
                       show_lines=False)
@@ -597,6 +598,20 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
     line.append(verdict_line(cert), style=colour)
     line.append((f" (failed: {', '.join(failed)})" if failed else "") + f"; certificate: {path}")
     out.print(line)
+
+
+def _robustness_line(rob: dict[str, Any]) -> str:
+    """Each attack's headline recovery, beside the retrained model's (the floor) where it was attacked too."""
+    parts = []
+    for name, block in (("relearning", rob.get("relearn")), ("quantization", rob.get("quantized"))):
+        if not block or block.get("recovered") is None:
+            continue
+        floors = [b.get("reference", {}).get("recovered") for b in ([block] if name == "relearning" else
+                                                                    [block.get("int8") or {}, block.get("int4") or {}])]
+        floors = [f for f in floors if f is not None]
+        floor = f" (a retrained model: {max(floors):.2f})" if floors else " (no retrained model to compare)"
+        parts.append(f"{name} brought back {block['recovered']:.2f}{floor}")
+    return "; ".join(parts) or "robustness not measured"
 
 
 def _split_verbosity(args: list[str]) -> tuple[list[str], int | None]:

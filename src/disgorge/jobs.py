@@ -15,7 +15,7 @@ from .errors import InvalidRequest
 from .evaluate.metrics import accuracy
 from .evaluate.strong import strong_scores
 from .evidence.certificate import Observation, level_checks, observe
-from .evidence.judge import EXACT, HELDOUT, PURPOSES, NoComparison, Thresholds, heldout_for, verdict
+from .evidence.judge import EXACT, HELDOUT, PURPOSES, HeldOut, NoComparison, Thresholds, heldout_for, verdict
 from .evidence.robustness import quantization_attack, relearn_attack
 from .executors import Executor
 from .methods import UnlearnRequest, get_method
@@ -109,12 +109,12 @@ def _verify(p: dict[str, Any], who: str, seed: int, model: Any, extra: dict[str,
     (``exact`` against this seed's reference, ``heldout`` without it), the robustness attacks (with the
     reference's recovery as the floor) and the seconds a reference-free verification took: measuring this model
     and the original (timed when the original was measured) plus the attacks."""
-    task, held = p["task"], p["held"]
-    matched = held.matched if held is not None else p["test"]
+    task, held = p["task"], p["held"] or HeldOut(p["test"], p["test"], "all")
+    matched = held.matched
     seen: dict[str, Observation] = p.setdefault("observed", {}).setdefault(seed, {})
     started = time.perf_counter()
     ref = seen.get("reference")
-    obs = observe(task, model, p["forget"], p["retain"], p["test"], matched, p["probes"], seed=seed,
+    obs = observe(task, model, p["forget"], p["retain"], p["test"], held, p["probes"], seed=seed,
                   reference=ref.measurement if ref else None, is_reference=who == "reference")
     seen[who] = obs
     seconds = time.perf_counter() - started
@@ -150,10 +150,8 @@ def _verdicts(p: dict[str, Any], seen: dict[str, Observation], obs: Observation,
             continue
         named = {"original": original, "unlearned": obs, **({"reference": seen["reference"]} if level == EXACT
                                                             else {})}
-        checks = level_checks(task, p["purpose"], level, {k: o.measurement.figures for k, o in named.items()},
-                              {k: o.estimates for k, o in named.items()},
-                              {k: o.outcomes for k, o in named.items()}, p["probes"], Thresholds(),
-                              changed=changed, seed=seed)
+        checks = level_checks(task, p["purpose"], level, named, p["probes"], Thresholds(), changed=changed,
+                              seed=seed)
         out[level] = verdict(checks)
     return out
 

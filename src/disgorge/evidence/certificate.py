@@ -24,7 +24,7 @@ from torch import nn
 from .._io import atomic_write_text
 from ..errors import InvalidRequest
 from ..evaluate.intervals import Estimate
-from ..evaluate.metrics import avg_gap
+from ..evaluate.metrics import accuracy, avg_gap
 from ..ledger import ModelRow, now
 from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
@@ -151,10 +151,11 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
     models = {"original": parent_model, "unlearned": child_model}
     if reference_model is not None:
         models["reference"] = reference_model
-    measured, found, outcomes = _measure_all(task, models, forget, retain, test, held, probes, seed)
+    seen = _observe_all(task, models, forget, retain, test, held, probes, seed)
+    measured = {name: o.measurement for name, o in seen.items()}
     metrics = {name: m.figures for name, m in measured.items()}
-    checks = level_checks(task, goal, level, metrics, found, outcomes, probes, thresholds,
-                     changed=not _same_weights(parent_model, child_model), seed=seed)
+    checks = level_checks(task, goal, level, seen, probes, thresholds,
+                          changed=not _same_weights(parent_model, child_model), seed=seed)
     outcome = verdict(checks)
     gaps = {name: round(avg_gap(metrics[name], metrics["reference"], task.figures.gap), 4)
             for name in ("original", "unlearned")} if level == EXACT else {"original": None, "unlearned": None}
@@ -197,7 +198,7 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
                     "test": len(test), "heldout_matched": len(held.matched), "matched_by": held.matched_by},
         "models": models_block,
         "metrics": metrics,
-        "evidence_figures": {name: {k: e.to_dict() for k, e in f.items()} for name, f in found.items()},
+        "evidence_figures": {name: {k: e.to_dict() for k, e in o.estimates.items()} for name, o in seen.items()},
         "avg_gap": gaps["unlearned"],
         "avg_gap_original": gaps["original"],
         "changed": checks["changed"]["passed"],
@@ -253,10 +254,11 @@ class Observation:
     measurement: Measurement
     estimates: dict[str, Estimate]
     outcomes: list[ProbeOutcomes]
+    utility_accuracy: float | None = None  # accuracy on the held-out records outside the matched ones
 
 
 def observe(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordDataset, test: RecordDataset,
-            matched: RecordDataset, probes: Sequence[Probe] = (), *, seed: int = 0,
+            held: HeldOut, probes: Sequence[Probe] = (), *, seed: int = 0,
             reference: Measurement | None = None, is_reference: bool = False) -> Observation:
     """Everything verification measures on one model (``is_reference`` for the retrained reference itself;
     ``reference``, its measurement, for the relative figures of the others)."""
@@ -265,30 +267,34 @@ def observe(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordD
         m = measure_reference(task, model, forget, retain, test, probes, seed=seed)
     else:
         m = measure(task, model, forget, retain, test, probes, seed=seed, reference=reference)
-    rows = np.isin(test.ids, matched.ids)
+    rows = np.isin(test.ids, held.matched.ids)
     on_matched = {k: v[rows] for k, v in m.test.items() if len(v) == len(test)}
-    return Observation(m, estimates(task, m.forget, on_matched, outcomes, seed=seed), outcomes)
+    correct = m.test.get("correct", np.zeros(0))
+    utility = correct[np.isin(test.ids, held.utility.ids)] if len(correct) == len(test) else np.zeros(0)
+    return Observation(m, estimates(task, m.forget, on_matched, outcomes, seed=seed), outcomes,
+                       _clean(accuracy(utility)) if len(utility) else None)
 
 
-def _measure_all(task: Task, models: dict[str, nn.Module], forget: RecordDataset, retain: RecordDataset,
-                 test: RecordDataset, held: HeldOut, probes: Sequence[Probe], seed: int
-                 ) -> tuple[dict[str, Measurement], dict[str, dict[str, Estimate]], dict[str, list[ProbeOutcomes]]]:
-    """Every model's figures (relative ones against the reference, when there is one), decisive estimates and
-    probe outcomes."""
+def _observe_all(task: Task, models: dict[str, nn.Module], forget: RecordDataset, retain: RecordDataset,
+                 test: RecordDataset, held: HeldOut, probes: Sequence[Probe], seed: int) -> dict[str, Observation]:
+    """Every model observed (relative figures against the reference, when there is one)."""
     seen: dict[str, Observation] = {}
     for name in sorted(models, key=lambda n: n != "reference"):  # the reference first: others are relative to it
         ref = seen.get("reference")
-        seen[name] = observe(task, models[name], forget, retain, test, held.matched, probes, seed=seed,
+        seen[name] = observe(task, models[name], forget, retain, test, held, probes, seed=seed,
                              reference=ref.measurement if ref else None, is_reference=name == "reference")
-    return ({k: o.measurement for k, o in seen.items()}, {k: o.estimates for k, o in seen.items()},
-            {k: o.outcomes for k, o in seen.items()})
+    return seen
 
 
-def level_checks(task: Task, goal: Purpose, level: str, metrics: dict[str, dict[str, float | None]],
-            found: dict[str, dict[str, Estimate]], outcomes: dict[str, list[ProbeOutcomes]], probes: Sequence[Probe],
-            t: Thresholds, *, changed: bool, seed: int) -> dict[str, dict[str, Any]]:
-    """The certificate's checks: changed, each decisive figure (:func:`.judge.judge`), utility, and TOFU's forget
-    quality at the exact level."""
+def level_checks(task: Task, goal: Purpose, level: str, seen: dict[str, Observation], probes: Sequence[Probe],
+                 t: Thresholds, *, changed: bool, seed: int) -> dict[str, dict[str, Any]]:
+    """The certificate's checks from the observed models (``original``, ``unlearned`` and, at the exact level,
+    ``reference``): changed, each decisive figure (:func:`.judge.judge`), utility, and TOFU's forget quality at the
+    exact level. Reference-free, test accuracy is compared with the original's on the held-out records outside the
+    forget set's kind (a class-wise request costs that class's accuracy by design)."""
+    metrics = {k: o.measurement.figures for k, o in seen.items()}
+    found = {k: o.estimates for k, o in seen.items()}
+    outcomes = {k: o.outcomes for k, o in seen.items()}
     checks: dict[str, dict[str, Any]] = {"changed": {"value": changed, "limit": True, "passed": changed}}
     if level == EXACT:
         target = original_target = found["reference"]
@@ -305,6 +311,8 @@ def level_checks(task: Task, goal: Purpose, level: str, metrics: dict[str, dict[
     u, keys = metrics["unlearned"], task.figures
     for name, key, limit in (("ta_drop", keys.test, t.ta_drop), ("ra_drop", keys.retain, t.ra_drop)):
         drop = _sub(base[key], u[key])
+        if level == HELDOUT and name == "ta_drop" and seen["unlearned"].utility_accuracy is not None:
+            drop = _sub(seen["original"].utility_accuracy, seen["unlearned"].utility_accuracy)
         if drop is not None:
             checks[name] = {"value": round(drop, 4), "limit": limit, "passed": drop <= limit}
     if level == EXACT and goal.name in ("privacy", "copyright") and u.get("forget_quality") is not None:
