@@ -16,7 +16,7 @@ from disgorge.api import ingest_scenario, train
 from disgorge.cli import main
 from disgorge.erasure import VerificationFailed
 from disgorge.errors import InvalidRequest
-from disgorge.evaluate.intervals import Estimate, auc_statistic, bootstrap, mean_difference
+from disgorge.evaluate.intervals import Estimate, auc_statistic, bootstrap, proportion, proportion_difference
 from disgorge.evidence.certificate import certify
 from disgorge.evidence.judge import NoComparison, Thresholds, judge, verdict
 from disgorge.scenarios import get_scenario, workspace_probes
@@ -179,14 +179,25 @@ def test_auc_interval_covers_the_true_auc(n):
     assert 0.88 <= np.mean(covered) <= 0.99
 
 
-def test_parity_interval_covers_the_true_difference():
-    rng = np.random.default_rng(1)
-    covered = []
-    for i in range(200):
-        a, b = (rng.random(80) < 0.7).astype(float), (rng.random(200) < 0.6).astype(float)
-        e = bootstrap(mean_difference, a, b, bounds=(-100, 100), seed=i, resamples=400)
-        covered.append(e.low <= 10.0 <= e.high)
-    assert 0.88 <= np.mean(covered) <= 0.99
+@pytest.mark.parametrize(("n", "p"), [(80, 0.7), (6, 0.9)])
+def test_share_intervals_cover_the_truth(n, p):
+    """Accuracy parity (a difference of shares) and an effect (one share) cover the truth about 95% of the time,
+    also on six records, where a bootstrap would call six correct answers out of six certain."""
+    rng = np.random.default_rng(n)
+    diff, one = [], []
+    for _ in range(400):
+        a, b = (rng.random(n) < p).astype(float), (rng.random(200) < 0.6).astype(float)
+        e = proportion_difference(a, b)
+        diff.append(e.low <= (p - 0.6) * 100 <= e.high)
+        s = proportion(a)
+        one.append(s.low <= p * 100 <= s.high)
+    assert 0.90 <= np.mean(diff) <= 0.995 and 0.90 <= np.mean(one) <= 0.995
+
+
+def test_share_of_two_out_of_two_is_not_certain():
+    assert proportion(np.ones(2)).low < 40
+    e = proportion_difference(np.ones(2), (np.arange(100) < 97).astype(float))
+    assert e.low < -40 and e.high > 0
 
 
 def test_tiny_sample_gets_the_whole_range():

@@ -1,9 +1,12 @@
-"""Figures with bootstrap confidence intervals: what reference-free verification judges.
+"""Figures with confidence intervals: what verification judges.
 
-Each figure is a statistic of one or two samples of per-example outputs (a forget set's and held-out data's). Its
-interval is the percentile bootstrap of :func:`scipy.stats.bootstrap` (samples resampled independently), so a figure
-measured on eight records comes with an interval as wide as eight records allow. A sample too small to resample
-(fewer than two values) gives the figure's whole range: nothing can be told from it.
+Each figure is a statistic of one or two samples of per-example outputs (a forget set's and held-out data's).
+Shares of 0/1 outcomes (an accuracy, an effect probe) and differences of two shares get closed-form intervals that
+stay honest on a handful of records: Wilson's score interval for one share (:func:`proportion`), Agresti and
+Caffo's for a difference (:func:`proportion_difference`; add one success and one failure to each side, then the
+Wald interval). A percentile bootstrap would call two correct answers out of two certain. Other statistics (an
+AUC, a mean ROUGE) use the percentile bootstrap of :func:`scipy.stats.bootstrap` (:func:`bootstrap`, samples
+resampled independently); a sample too small to resample (fewer than two values) gives the figure's whole range.
 """
 
 from __future__ import annotations
@@ -63,6 +66,27 @@ def bootstrap(statistic: Statistic, *samples: np.ndarray, bounds: tuple[float, f
     return Estimate(value, max(float(low), bounds[0]), min(float(high), bounds[1]))
 
 
+def proportion(hits: np.ndarray, *, level: float = LEVEL) -> Estimate:
+    """The share of 0/1 ``hits`` that are 1, in percent, with Wilson's score interval (NaN dropped)."""
+    h = _finite(hits)
+    if h.size == 0:
+        return Estimate(float("nan"), 0.0, 100.0)
+    ci = stats.binomtest(int(np.rint(h.sum())), h.size).proportion_ci(confidence_level=level, method="wilson")
+    return Estimate(float(h.mean() * 100), float(ci.low * 100), float(ci.high * 100))
+
+
+def proportion_difference(a: np.ndarray, b: np.ndarray, *, level: float = LEVEL) -> Estimate:
+    """The share of 1s in ``a`` minus that in ``b``, in points, with Agresti and Caffo's interval (NaN dropped)."""
+    a, b = _finite(a), _finite(b)
+    if a.size == 0 or b.size == 0:
+        return Estimate(float("nan"), -100.0, 100.0)
+    pa, pb = (a.sum() + 1) / (a.size + 2), (b.sum() + 1) / (b.size + 2)
+    se = np.sqrt(pa * (1 - pa) / (a.size + 2) + pb * (1 - pb) / (b.size + 2))
+    z, centre = stats.norm.ppf(0.5 + level / 2), pa - pb
+    return Estimate(float((a.mean() - b.mean()) * 100), float(max(centre - z * se, -1) * 100),
+                    float(min(centre + z * se, 1) * 100))
+
+
 def auc_statistic(members: np.ndarray, nonmembers: np.ndarray, axis: int = -1) -> np.ndarray:
     """ROC AUC in percent of scores (higher = member) separating ``members`` from ``nonmembers``, by ranks
     (the Mann-Whitney form, ties counted half), vectorised along ``axis``."""
@@ -75,11 +99,6 @@ def auc_statistic(members: np.ndarray, nonmembers: np.ndarray, axis: int = -1) -
 def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     """Mean of ``a`` minus mean of ``b``, in percent of the values' unit (0/1 outcomes give points)."""
     return (np.mean(a, axis=axis) - np.mean(b, axis=axis)) * 100
-
-
-def mean_percent(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Mean of ``a`` in percent (the share of 0/1 outcomes that are 1)."""
-    return np.mean(a, axis=axis) * 100
 
 
 def _finite(values: np.ndarray) -> np.ndarray:

@@ -299,8 +299,8 @@ def level_checks(task: Task, goal: Purpose, level: str, seen: dict[str, Observat
     if level == EXACT:
         target = original_target = found["reference"]
     else:
-        target = heldout_targets(task, outcomes["unlearned"], seed=seed)
-        original_target = heldout_targets(task, outcomes["original"], seed=seed)
+        target = heldout_targets(task, outcomes["unlearned"])
+        original_target = heldout_targets(task, outcomes["original"])
     for figure in decisive_figures(goal, task, probes):
         if figure in target and figure in original_target:
             check = judge(figure, found["unlearned"][figure], found["original"][figure], target[figure],

@@ -25,7 +25,14 @@ from pyroaring import BitMap
 from torch import nn
 
 from ..errors import InvalidRequest
-from ..evaluate.intervals import Estimate, auc_statistic, bootstrap, mean_difference, mean_percent
+from ..evaluate.intervals import (
+    Estimate,
+    auc_statistic,
+    bootstrap,
+    mean_difference,
+    proportion,
+    proportion_difference,
+)
 from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
 from .probes import Probe
@@ -161,20 +168,20 @@ def effect_key(probes: Sequence[Probe], i: int) -> str:
 def estimates(task: Task, forget: Mapping[str, np.ndarray], matched: Mapping[str, np.ndarray],
               probes: Sequence[ProbeOutcomes] = (), *, seed: int = 0) -> dict[str, Estimate]:
     """Every decisive figure of one model with its interval, from per-example outputs on the forget set and on
-    the matched held-out records (:meth:`Task.evaluate`) and its probes' outcomes."""
+    the matched held-out records (:meth:`Task.evaluate`) and its probes' outcomes: membership AUC and verbatim
+    parity by bootstrap, accuracy parity and effects by the closed-form intervals for shares."""
     key = task.figures.membership
     out = {"membership": bootstrap(auc_statistic, forget[key], matched[key], bounds=(0, 100), seed=seed),
-           "parity": bootstrap(mean_difference, forget["correct"], matched["correct"], bounds=(-100, 100),
-                               seed=seed)}
+           "parity": proportion_difference(forget["correct"], matched["correct"])}
     if task.figures.verbatim is not None:
         v = task.figures.verbatim
         out["verbatim"] = bootstrap(mean_difference, forget[v], matched[v], bounds=(-100, 100), seed=seed)
     for i, p in enumerate(probes):
-        out[effect_key([q.probe for q in probes], i)] = bootstrap(mean_percent, p.hits, bounds=(0, 100), seed=seed)
+        out[effect_key([q.probe for q in probes], i)] = proportion(p.hits)
     return out
 
 
-def heldout_targets(task: Task, probes: Sequence[ProbeOutcomes] = (), *, seed: int = 0) -> dict[str, Estimate]:
+def heldout_targets(task: Task, probes: Sequence[ProbeOutcomes] = ()) -> dict[str, Estimate]:
     """What a model that never saw the forget set scores, without any such model: a membership AUC of 50, no
     accuracy or reproduction gap, each probe at its base rate (measured on its baseline inputs, or the probe's
     constant; a probe with neither has no target)."""
@@ -184,7 +191,7 @@ def heldout_targets(task: Task, probes: Sequence[ProbeOutcomes] = (), *, seed: i
     for i, p in enumerate(probes):
         key = effect_key([q.probe for q in probes], i)
         if p.baseline is not None and len(p.baseline):
-            out[key] = bootstrap(mean_percent, p.baseline, bounds=(0, 100), seed=seed)
+            out[key] = proportion(p.baseline)
         elif p.probe.base_rate is not None:
             out[key] = Estimate(p.probe.base_rate, p.probe.base_rate, p.probe.base_rate)
     return out
