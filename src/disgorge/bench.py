@@ -68,6 +68,7 @@ def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
             result = bench_scenario(scenario, settings, executor, out / "work")
             result["wall_seconds"] = round(time.perf_counter() - started, 1)
             result["command"] = settings.command
+            result["machine"] = machine()
             atomic_write_text(out / f"{scenario}.json", json.dumps(result, indent=1) + "\n")
             log.info("%s done in %.0fs", scenario, result["wall_seconds"])
     finally:

@@ -190,8 +190,8 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
     for result in results:
         runs.setdefault(result.get("command") or command, []).append(result)
     produced = "; ".join(
-        f"`{cmd}` ({', '.join(r['scenario'] for r in rs)}: {sum(r['wall_seconds'] for r in rs) / 60:.1f} min)"
-        for cmd, rs in runs.items())
+        f"`{cmd}` ({', '.join(r['scenario'] for r in rs)}: {sum(r['wall_seconds'] for r in rs) / 60:.1f} min"
+        + _elsewhere(rs, machine) + ")" for cmd, rs in runs.items())
     lines = [
         "# Benchmarks",
         "",
@@ -239,6 +239,14 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
         lines += [*scenario_table(result), "", *targets(result), ""]
     lines += verification_section(results, Path(results_dir) / "verification.json")
     atomic_write_text(report, "\n".join(lines))
+
+
+def _elsewhere(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """A note when results were measured on another CPU than the report's (or did not record theirs)."""
+    cpus = {(r.get("machine") or {}).get("cpu") for r in results}
+    if cpus == {machine["cpu"]}:
+        return ""
+    return ", on " + " and ".join(sorted(c or "a machine it did not record" for c in cpus))
 
 
 VERIFICATION_COLUMNS = (("exact_passed", "exact pass"), ("heldout_passed", "reference-free pass"),
