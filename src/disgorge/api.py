@@ -11,11 +11,11 @@ from torch import nn
 
 from .data import load_file
 from .data.files import holdout_split
-from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, forget, training_seconds
+from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, forget, resolve_level
 from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
-from .evidence.judge import EXACT, HELDOUT, LEVELS, NoComparison, Thresholds
+from .evidence.judge import EXACT, LEVELS, NoComparison, Thresholds
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
@@ -125,9 +125,7 @@ def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | No
     forget_ids = parent.records & req.records
     retain_ids = parent.records - forget_ids
     auto = level == AUTO
-    if auto:
-        cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids) is not None
-        level = EXACT if cached or training_seconds(ws, parent) <= exact_budget else HELDOUT
+    level = resolve_level(ws, parent, retain_ids, level, exact_budget)
     purpose = purpose or req.results.get("purpose") or workspace_purpose(ws)
 
     def at(chosen: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pyroaring import BitMap
 from torch import nn
 
 from .errors import DisgorgeError, InvalidRequest
-from .evidence.certificate import certify, robustness_block, write_certificate
+from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe
 from .ledger import ModelRow, now
@@ -239,13 +239,6 @@ def _auto(options: dict[str, Any], budget_fraction: float, verify: bool) -> Unle
     return lambda request, parent: _auto_one(request, parent, options, budget_fraction)
 
 
-def training_seconds(ws: Workspace, row: ModelRow) -> float:
-    """Wall-clock of the training run at the root of a model's lineage."""
-    while row.kind != "trained" and row.parent is not None:
-        row = ws.ledger.model(row.parent)
-    return row.seconds
-
-
 def auto_candidates() -> list[str]:
     """Methods ``auto`` tries: every registered method except exact retraining."""
     return [name for name in METHODS.names() if name != "retrain"]
@@ -352,12 +345,17 @@ def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child
 def evidence_level(request: _Request, parent: ModelRow, retain_ids: BitMap) -> str:
     """The level a request's ``verify`` asks for; ``auto`` retrains a reference only when one is cached or the
     original's training took at most the request's ``exact_budget``."""
-    if request.verify != AUTO:
-        return request.verify
-    ws = request.ws
+    return resolve_level(request.ws, parent, retain_ids, request.verify, request.exact_budget)
+
+
+def resolve_level(ws: Workspace, parent: ModelRow, retain_ids: BitMap, level: str, exact_budget: float) -> str:
+    """``level`` itself, or for ``auto``: ``exact`` when the reference is cached or the original's training took
+    at most ``exact_budget`` seconds, else ``heldout``."""
+    if level != AUTO:
+        return level
     if ws.ledger.find_reference(parent.recipe_sha256, retain_ids) is not None:
         return EXACT
-    return EXACT if training_seconds(ws, parent) <= request.exact_budget else HELDOUT
+    return EXACT if training_seconds(ws, parent) <= exact_budget else HELDOUT
 
 
 def certify_child(request: _Request, parent: ModelRow, child: _Child, *, robust: bool = True) -> Certificate:

@@ -161,7 +161,7 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
             for name in ("original", "unlearned")} if level == EXACT else {"original": None, "unlearned": None}
     robustness = _robustness(task, models, forget, held, test, probes, ws.recipe_of(parent).train, seed) \
         if robust else None
-    training = _training_seconds(ws, parent)
+    training = training_seconds(ws, parent)
     seconds = {"method": round(child.seconds, 4), "verification": round(time.perf_counter() - started, 4),
                "retrain": round(reference.seconds, 4) if reference is not None else None,
                "training": round(training, 4)}
@@ -341,7 +341,7 @@ def robustness_block(ws: Workspace, *, task: Task, parent: ModelRow, parent_mode
     return _robustness(task, models, forget, held, test, probes, ws.recipe_of(parent).train, seed)
 
 
-def _training_seconds(ws: Workspace, row: ModelRow) -> float:
+def training_seconds(ws: Workspace, row: ModelRow) -> float:
     """Wall-clock of the training run at the root of a model's lineage."""
     while row.kind != "trained" and row.parent is not None:
         row = ws.ledger.model(row.parent)
