@@ -110,7 +110,7 @@ PROOF = {
             "could not tell them apart (see `disgorge verify --strong` for the per-example test)."),
     HELDOUT: ("No model was retrained. On every decisive figure the unlearned model treats the forget set as it "
               "treats {heldout} held-out records it never saw (matched by {matched_by}): a membership AUC near 50, "
-              "no accuracy gap, each effect at its base rate, within the bootstrap interval, or it closed at least "
+              "no accuracy gap, each effect at its base rate, within its 95% interval, or it closed at least "
               "{closure:.0%} of the original's distance to that level.",
               "It does not prove the model equals one retrained without the records, only that these figures cannot "
               "tell the forget set from unseen data; if the forget set is unlike its held-out comparison data, the "

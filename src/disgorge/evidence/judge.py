@@ -1,7 +1,7 @@
 """How a verdict is reached, at either evidence level.
 
 A request's *purpose* picks its decisive figures (membership for privacy, the effect probe for poison, ...). Each
-decisive figure is measured with a bootstrap interval on the original and on the unlearned model, and compared with
+decisive figure is measured with a 95% interval on the original and on the unlearned model, and compared with
 a *target*: what a model that never saw the forget set scores. At the ``exact`` level the target is the figure of a
 model retrained without the records; at the ``heldout`` (reference-free) level it is what theory says an unseen
 set scores, measured on held-out records of the same kind: a membership AUC of 50, no accuracy gap between the
@@ -79,7 +79,7 @@ FIGURE_HELP = {
 @dataclass(frozen=True)
 class Thresholds:
     """Pass/fail limits of a certificate. Decisive figures: ``closure`` is the share of the original's distance to
-    the target the unlearned model must close; a distance within the figure's noise (the bootstrap interval's half
+    the target the unlearned model must close; a distance within the figure's noise (the 95% interval's half
     width, at least ``floor`` of the figure, in points) always passes. Utility: drops of held-out and retain
     accuracy, in points, against the reference (exact) or the original (heldout). ``forget_quality``: TOFU's
     minimum KS p-value at the exact level (language models)."""
