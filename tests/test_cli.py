@@ -375,6 +375,10 @@ def test_language_model_forget_and_verify_end_to_end(tmp_path: Path) -> None:
     assert 0 <= u["forget_quality"] <= 1 and 0 < u["model_utility"] <= 1  # a KS p-value; a harmonic mean
     assert 0 <= u["verbmem"] <= 100 and 0 <= u["mia_minkpp"] <= 100 and math.isfinite(u["privleak"])
     assert "forget quality (KS p)" in (ws / "reports" / f"r{request}" / child / "certificate.md").read_text()
+    # the same questions with the answers in other words: the original still knows the paraphrased facts
+    para = cert["robustness"]["paraphrased"]
+    assert para["records"] == 8 and para["figures"]["membership_auc"]["original"] > 60  # 72.7 measured; 50 = unseen
+    assert "paraphrased" in (ws / "reports" / f"r{request}" / child / "certificate.md").read_text()
     again = run("verify", child, "-w", ws)
     assert again.returncode == (1 if cert["verdict"] == "failed" else 0) and "Traceback" not in again.stderr
     assert "forget quality" in again.stdout and "verbatim memorisation" in again.stdout

@@ -49,7 +49,7 @@ from .judge import (
     verdict,
 )
 from .probes import Probe
-from .robustness import quantization_attack, relearn_attack
+from .robustness import paraphrase_attack, quantization_attack, relearn_attack
 from .signing import load_or_create_key, sign
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,8 @@ def _robustness(task: Task, models: dict[str, nn.Module], forget: RecordDataset,
                 test: RecordDataset, probes: Sequence[Probe], train: TrainSpec, seed: int) -> dict[str, Any]:
     """The relearning and quantization attacks on the unlearned model (and the reference, when there is one)."""
     return {"relearn": relearn_attack(task, models, forget, held.matched, test, probes, train=train, seed=seed),
-            "quantized": quantization_attack(task, models, forget, held.matched, test, probes)}
+            "quantized": quantization_attack(task, models, forget, held.matched, test, probes),
+            "paraphrased": paraphrase_attack(task, models, forget, held.matched, test, probes)}
 
 
 def robustness_block(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Module,
@@ -528,8 +529,8 @@ def robustness_rows(certificate: dict[str, Any]) -> list[tuple[str, str, str, st
     """(attack, figure, original, unlearned before, after, recovered) rows of a certificate's robustness block."""
     rob = certificate.get("robustness") or {}
     rows = []
-    attacks = [("relearn", rob.get("relearn"))] + [(f"quantized {v}", (rob.get("quantized") or {}).get(v))
-                                                   for v in ("int8", "int4")]
+    quantized = [(f"quantized {v}", (rob.get("quantized") or {}).get(v)) for v in ("int8", "int4")]
+    attacks = [("relearn", rob.get("relearn")), *quantized, ("paraphrased", rob.get("paraphrased"))]
     for name, block in attacks:
         for figure, f in ((block or {}).get("figures") or {}).items():
             rows.append((name, figure.replace("_", " "), _fmt(f.get("original")), _fmt(f.get("before")),

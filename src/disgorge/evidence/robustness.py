@@ -222,5 +222,36 @@ def quantization_attack(task: Task, models: Mapping[str, nn.Module], forget: Rec
     return out
 
 
-__all__ = ["RELEARN_SHARE", "RELEARN_STEPS", "quantization_attack", "quantize_int8", "relearn_attack",
-           "round_to_nearest"]
+def paraphrase_attack(task: Task, models: Mapping[str, nn.Module], forget: RecordDataset, heldout: RecordDataset,
+                      test: RecordDataset, probes: Sequence[Probe] = ()) -> dict[str, Any] | None:
+    """Language models: the same questions with each answer in other words (the records' ``paraphrase``). A model
+    that unlearned only the wording still recognises the fact: per figure, ``original`` is the original model on
+    the paraphrased records, ``before`` the unlearned model on the records as trained, ``after`` the unlearned
+    model on the paraphrased ones. None where the records carry no paraphrases."""
+    if "text" not in task.capabilities:
+        return None
+    forget_p, heldout_p = _paraphrased(task, forget), _paraphrased(task, heldout)
+    if forget_p is None or heldout_p is None:
+        return None
+    before = _figures(models["unlearned"], task, forget, heldout, test, probes)
+    out = _recovery(_figures(models["original"], task, forget_p, heldout_p, test, probes), before,
+                    _figures(models["unlearned"], task, forget_p, heldout_p, test, probes))
+    return {"records": len(forget_p), **out}
+
+
+def _paraphrased(task: Task, data: RecordDataset) -> RecordDataset | None:
+    """The records that carry a paraphrase, with it as their answer (None if none do)."""
+    from ..tasks.causal_lm import texts
+
+    if "paraphrase" not in data.tensors or not len(data):
+        return None
+    phrases = texts(data.tensors, "paraphrase")
+    keep = [i for i, text in enumerate(phrases) if text]
+    if not keep:
+        return None
+    rows = data.subset(data.ids[keep])
+    return RecordDataset(rows.ids, **task.with_answers(rows.tensors, [phrases[i] for i in keep]))
+
+
+__all__ = ["RELEARN_SHARE", "RELEARN_STEPS", "paraphrase_attack", "quantization_attack", "quantize_int8",
+           "relearn_attack", "round_to_nearest"]
