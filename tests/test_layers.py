@@ -25,7 +25,7 @@ LAYERS = [
     ["methods"],
     ["direct", "workspace"],
     ["evidence"],
-    ["scenarios"],
+    ["scenarios", "doctor"],
     ["erasure"],
     ["jobs"],
     ["api"],

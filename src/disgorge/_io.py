@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -57,3 +58,39 @@ def read_text(path: Path, what: str, error: type[DisgorgeError] = DisgorgeError,
         raise missing(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read {what} {path} as UTF-8 text ({type(exc).__name__}: {exc})") from None
+
+
+def read_regular(path: Path, what: str = "file") -> bytes:
+    """The bytes of a regular file, refusing a symlink, a FIFO, a device or a folder in its place (so that a FIFO
+    cannot hang a command and a link cannot point a read outside the workspace)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise NotFound(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise DisgorgeError(f"{what} {path} cannot be read ({exc.strerror}); it must be a regular file, not a "
+                            "link") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DisgorgeError(f"{what} {path} is not a regular file; replace it with the real file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def check_within(root: Path, path: Path) -> Path:
+    """``path`` after checking that no part of it below ``root`` is a symlink and that it stays inside ``root``,
+    so that a planted link cannot make a command write outside the workspace."""
+    root, path = Path(root), Path(path)
+    rel = path.relative_to(root)
+    here = root
+    for part in rel.parts:
+        here = here / part
+        if here.is_symlink():
+            raise DisgorgeError(f"{here} is a symbolic link; disgorge never writes through links inside a workspace."
+                                " Remove the link")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DisgorgeError(f"{path} resolves outside the workspace {root}")
+    return path

@@ -473,7 +473,7 @@ def write_certificate(ws: Workspace, certificate: dict[str, Any]) -> dict[str, s
     certificate.pop("signature", None)
     plain = json.loads(json.dumps(certificate))  # exactly what the file holds, so the signature covers its content
     plain["signature"] = certificate["signature"] = sign(plain, load_or_create_key(ws))
-    folder = ws.report_dir(certificate["request"]) / certificate["models"]["child"]["id"]
+    folder = ws.report_dir(certificate["request"], certificate["models"]["child"]["id"])
     json_path, md_path = folder / "certificate.json", folder / "certificate.md"
     atomic_write_text(json_path, json.dumps(plain, indent=2) + "\n")
     atomic_write_text(md_path, render_markdown(certificate))

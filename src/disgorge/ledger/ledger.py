@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,10 +20,15 @@ from pyroaring import BitMap
 from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from . import bitmap as bm
 from . import payload as pl
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from .schema import MIGRATIONS, REBUILDS, SCHEMA_VERSION
 
 SPLITS = ("train", "test")
 STATES = ("active", "held", "erased")
+MODEL_STATUSES = ("active", "superseded", "retired")
+CHAIN_KINDS = {"model": "models", "request": "requests"}
+"""What the HMAC chain seals: a kind of ledger row and its table."""
+CHECKPOINT_PENDING = "checkpoint_pending"
+"""Meta key set while erased bytes may still sit in the database file or its WAL (a checkpoint was blocked)."""
 
 
 def now() -> str:
@@ -82,6 +88,7 @@ class ModelRow:
     seconds: float
     info: dict[str, Any]
     created_at: str
+    weights_deleted_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +155,22 @@ class Ledger:
                 " upgrade disgorge"
             )
         for v in range(version, SCHEMA_VERSION):
-            with self.transaction():
-                for stmt in _statements(MIGRATIONS[v]):
-                    self._db.execute(stmt)
-                self._db.execute(f"PRAGMA user_version={v + 1}")
+            if v in REBUILDS:
+                self._db.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction, so before it
+            try:
+                with self.transaction() as db:
+                    for stmt in _statements(MIGRATIONS[v]):
+                        db.execute(stmt)
+                    if v in REBUILDS and db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                        raise IntegrityError(f"ledger {self.path}: migration {v + 1} broke a foreign key; "
+                                             "restore the ledger from a backup")
+                    if v == 1:  # the chain starts with the rows that exist when it is introduced
+                        for kind, table in CHAIN_KINDS.items():
+                            for (ref,) in db.execute(f"SELECT id FROM {table} ORDER BY rowid").fetchall():
+                                self._seal(db, kind, ref)
+                    db.execute(f"PRAGMA user_version={v + 1}")
+            finally:
+                self._db.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -167,9 +186,31 @@ class Ledger:
             raise
         self._db.execute("COMMIT")
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the database file and truncate it (so deleted bytes leave the WAL too)."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self, attempts: int = 3) -> bool:
+        """Fold the WAL into the database file and truncate it, so that deleted bytes leave the WAL and the
+        database file's old pages are overwritten. Returns whether it completed; a reader holding an old snapshot
+        blocks it, and then :data:`CHECKPOINT_PENDING` stays set for a later command to finish."""
+        for attempt in range(attempts):
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                if self.get_meta(CHECKPOINT_PENDING) is not None:
+                    with self.transaction() as db:
+                        db.execute("DELETE FROM meta WHERE key=?", (CHECKPOINT_PENDING,))
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return True
+            time.sleep(0.2 * (attempt + 1))
+        return False
+
+    @property
+    def checkpoint_pending(self) -> bool:
+        """Whether erased bytes may still be in the database file or WAL (a checkpoint has not completed)."""
+        return self.get_meta(CHECKPOINT_PENDING) is not None
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own checks (``integrity_check``, ``foreign_key_check``): an empty list when the file is sound."""
+        problems = [r[0] for r in self._db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        problems += [f"foreign key broken: {tuple(r)}" for r in self._db.execute("PRAGMA foreign_key_check")]
+        return problems
 
     def hash_content(self, data: bytes) -> str:
         """HMAC-SHA256 of a record's canonical content bytes under the workspace key."""
@@ -388,14 +429,105 @@ class Ledger:
         return self._reserve("request")
 
     def insert_model(self, row: ModelRow) -> None:
-        """Insert a model row (inside the caller's transaction, if any)."""
+        """Insert and seal a model row (inside the caller's transaction, if any).
+
+        Refuses a model that holds an erased record: a model trained while an erasure of some of its records was
+        committed must not be kept (train again).
+        """
         with self.transaction() as db:
+            gone = row.records & self.erased_ids()
+            if gone:
+                raise InvalidRequest(f"{len(gone)} of the records model {row.id} was trained on were erased while it "
+                                     "was being made, so it is not kept; run the command again")
             db.execute(
                 "INSERT INTO models(id, parent, kind, status, task, recipe, recipe_sha256, weights_sha256, records,"
                 " n_records, method, request_id, seconds, info, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row.id, row.parent, row.kind, row.status, row.task, row.recipe, row.recipe_sha256,
                  row.weights_sha256, bm.dumps(row.records), len(row.records), row.method, row.request_id,
                  row.seconds, json.dumps(row.info, sort_keys=True), row.created_at))
+            self._seal(db, "model", row.id)
+
+    def erased_ids(self) -> BitMap:
+        """Ids of every erased record."""
+        return BitMap(r[0] for r in self._db.execute("SELECT id FROM records WHERE state='erased'"))
+
+    def set_model_status(self, model_id: str, status: str) -> None:
+        """Mark a model superseded or retired (sealed)."""
+        if status not in MODEL_STATUSES:
+            raise InvalidRequest(f"model status must be one of {', '.join(MODEL_STATUSES)}, got {status!r}")
+        with self.transaction() as db:
+            db.execute("UPDATE models SET status=? WHERE id=?", (status, model_id))
+            self._seal(db, "model", model_id)
+
+    def mark_weights_deleted(self, model_id: str, content_keys: Sequence[str] = ()) -> None:
+        """Record that a model's weights file was deleted, and drop ``content_keys`` (entries of its data facts
+        that hold training content, such as a word vocabulary) from its info; sealed."""
+        with self.transaction() as db:
+            info = json.loads(db.execute("SELECT info FROM models WHERE id=?", (model_id,)).fetchone()[0])
+            for key in content_keys:
+                info.get("data", {}).pop(key, None)
+            db.execute("UPDATE models SET weights_deleted_at=?, info=? WHERE id=?",
+                       (now(), json.dumps(info, sort_keys=True), model_id))
+            self._seal(db, "model", model_id)
+
+    def purge_due(self, keep: Iterable[str] = ()) -> list[ModelRow]:
+        """Models out of service whose weights still exist and that saw erased records (``keep``: ids the user
+        chose to keep)."""
+        erased, kept = self.erased_ids(), set(keep)
+        return [m for m in self.models() if m.status != "active" and m.weights_deleted_at is None
+                and m.id not in kept and m.records & erased]
+
+    # -- the HMAC chain ---------------------------------------------------------------------------------
+    def _row_digest(self, db: sqlite3.Connection, kind: str, ref: str | int) -> str | None:
+        row = db.execute(f"SELECT * FROM {CHAIN_KINDS[kind]} WHERE id=?", (ref,)).fetchone()
+        if row is None:
+            return None
+        canonical = {k: hashlib.sha256(v).hexdigest() if isinstance(v, bytes) else v for k, v in dict(row).items()}
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+    def _chain_mac(self, previous: str, kind: str, ref: str, digest: str) -> str:
+        key = hmac.new(self._key, b"disgorge ledger chain", hashlib.sha256).digest()
+        return hmac.new(key, f"{previous}|{kind}|{ref}|{digest}".encode(), hashlib.sha256).hexdigest()
+
+    def _seal(self, db: sqlite3.Connection, kind: str, ref: str | int) -> None:
+        """Append the row's current digest to the chain: each entry's MAC covers the previous entry's."""
+        digest = self._row_digest(db, kind, ref)
+        last = db.execute("SELECT mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        mac = self._chain_mac(last[0] if last else "", kind, str(ref), digest or "")
+        db.execute("INSERT INTO chain(kind, ref, digest, mac, at) VALUES(?,?,?,?,?)", (kind, str(ref), digest, mac,
+                                                                                    now()))
+
+    def chain_problems(self, kind: str | None = None, refs: Iterable[str | int] | None = None) -> list[str]:
+        """Where the ledger's model and request rows differ from what disgorge sealed: a chain entry altered,
+        removed or inserted, or a row edited, added or deleted outside disgorge (only ``refs`` of ``kind`` when
+        given). An empty list means the rows are as disgorge left them, to anyone without the workspace key."""
+        problems: list[str] = []
+        latest: dict[tuple[str, str], str] = {}
+        previous = ""
+        for seq, k, ref, digest, mac in self._db.execute("SELECT seq, kind, ref, digest, mac FROM chain ORDER BY seq"):
+            if not hmac.compare_digest(mac, self._chain_mac(previous, k, ref, digest)):
+                problems.append(f"chain entry {seq} ({k} {ref}) does not follow from the one before it: the chain "
+                                "was edited, or entries were removed")
+            previous = mac
+            latest[(k, ref)] = digest
+        wanted = None if refs is None else {str(r) for r in refs}
+        for k, table in CHAIN_KINDS.items():
+            if kind is not None and k != kind:
+                continue
+            ids = [str(r[0]) for r in self._db.execute(f"SELECT id FROM {table}")]
+            for ref in ids:
+                if wanted is not None and ref not in wanted:
+                    continue
+                sealed = latest.get((k, ref))
+                if sealed is None:
+                    problems.append(f"{k} {ref} was added to the ledger outside disgorge (it has no sealed entry)")
+                elif sealed != self._row_digest(self._db, k, ref):
+                    problems.append(f"the ledger row of {k} {ref} was edited outside disgorge (it no longer matches "
+                                    "its sealed digest)")
+            for (k2, ref), digest in latest.items():
+                if k2 == k and digest and ref not in ids and (wanted is None or ref in wanted):
+                    problems.append(f"{k} {ref} was deleted from the ledger outside disgorge")
+        return problems
 
     @staticmethod
     def _model(r: sqlite3.Row) -> ModelRow:
@@ -431,7 +563,8 @@ class Ledger:
     def find_reference(self, recipe_sha256: str, records: BitMap) -> ModelRow | None:
         """A cached reference model trained with this recipe on exactly these records."""
         for r in self._db.execute("SELECT * FROM models WHERE kind IN ('reference', 'unlearned', 'trained') "
-                                  "AND recipe_sha256=? AND n_records=?", (recipe_sha256, len(records))):
+                                  "AND recipe_sha256=? AND n_records=? AND weights_deleted_at IS NULL",
+                                  (recipe_sha256, len(records))):
             m = self._model(r)
             if m.records == records and (m.kind == "reference" or m.method == "retrain" or m.kind == "trained"):
                 return m
@@ -449,6 +582,20 @@ class Ledger:
         for k in ("selector", "affected", "results"):
             d[k] = json.loads(d[k])
         return RequestRow(**d)
+
+    def find_request(self, request_id: int) -> RequestRow | None:
+        """The erasure request with this id, or None."""
+        try:
+            return self.request(request_id)
+        except NotFound:
+            return None
+
+    def erasure_leftovers(self) -> list[tuple[int, str]]:
+        """(record id, what) of erased records that still hold a payload or attributes (none, unless tampered)."""
+        q = ("SELECT id, payload IS NOT NULL, attributes != '{}' FROM records WHERE state='erased' "
+             "AND (payload IS NOT NULL OR attributes != '{}')")
+        return [(rid, "its payload" if has_payload else "its attributes")
+                for rid, has_payload, _ in self._db.execute(q)]
 
     def requests(self) -> list[RequestRow]:
         """All erasure requests, oldest first."""
@@ -474,10 +621,11 @@ class Ledger:
             for child in children:
                 self.insert_model(child)
             for model_id in supersede:
-                db.execute("UPDATE models SET status='superseded' WHERE id=?", (model_id,))
+                self.set_model_status(model_id, "superseded")
             self._set_state(db, records, "held")
             if erase:
                 self._erase(db, request_id, records, stamp)
+            self._seal(db, "request", request_id)
         if erase:
             self.checkpoint()
 
@@ -488,6 +636,7 @@ class Ledger:
             raise InvalidRequest(f"request {request_id} is already erased")
         with self.transaction() as db:
             self._erase(db, request_id, req.records, now())
+            self._seal(db, "request", request_id)
         self.checkpoint()
 
     def set_request_results(self, request_id: int, results: dict[str, Any]) -> None:
@@ -495,6 +644,7 @@ class Ledger:
         with self.transaction() as db:
             db.execute("UPDATE requests SET results=? WHERE id=?", (json.dumps(results, sort_keys=True),
                                                                     request_id))
+            self._seal(db, "request", request_id)
 
     def _set_state(self, db: sqlite3.Connection, ids: BitMap, state: str) -> None:
         values = list(ids)
@@ -502,13 +652,21 @@ class Ledger:
             db.execute(f"UPDATE records SET state=? WHERE id IN ({','.join('?' * len(part))})", [state, *part])
 
     def _erase(self, db: sqlite3.Connection, request_id: int, ids: BitMap, stamp: str) -> None:
+        """Delete the payloads and attributes (secure_delete zeroes their pages), keep tombstones, supersede every
+        active model that saw the records, and mark the physical deletion pending until a checkpoint completes."""
         values = list(ids)
         for part in _chunks(values):
             marks = ",".join("?" * len(part))
             db.execute(f"INSERT OR IGNORE INTO tombstones(hash, record_id, request_id, erased_at) "
                        f"SELECT hash, id, ?, ? FROM records WHERE id IN ({marks})", [request_id, stamp, *part])
-            db.execute(f"UPDATE records SET payload=NULL, state='erased' WHERE id IN ({marks})", part)
+            db.execute(f"UPDATE records SET payload=NULL, attributes='{{}}', state='erased' WHERE id IN ({marks})",
+                       part)
+        for m in self.models(status="active"):
+            if m.records & ids:
+                self.set_model_status(m.id, "superseded")
         db.execute("UPDATE requests SET status='erased', completed_at=? WHERE id=?", (stamp, request_id))
+        db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   (CHECKPOINT_PENDING, stamp))
 
     def tombstone_count(self) -> int:
         """How many erased contents are remembered."""

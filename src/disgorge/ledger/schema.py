@@ -71,6 +71,54 @@ MIGRATIONS: list[str] = [
         value INTEGER NOT NULL
     );
     """,
+    # version 2: retired models and deleted weights; the HMAC chain over model and request rows; near-duplicate
+    # fingerprints of erased content. SQLite cannot alter a CHECK constraint, so the models table is rebuilt
+    # (``Ledger._migrate`` runs this one with foreign keys off, as SQLite's documentation prescribes).
+    """
+    CREATE TABLE models_v2 (
+        id             TEXT PRIMARY KEY,
+        parent         TEXT REFERENCES models(id),
+        kind           TEXT NOT NULL CHECK (kind IN ('trained', 'unlearned', 'reference')),
+        status         TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retired')),
+        task           TEXT NOT NULL,
+        recipe         TEXT NOT NULL,
+        recipe_sha256  TEXT NOT NULL,
+        weights_sha256 TEXT NOT NULL,
+        records        BLOB NOT NULL,
+        n_records      INTEGER NOT NULL,
+        method         TEXT,
+        request_id     INTEGER REFERENCES requests(id),
+        seconds        REAL NOT NULL,
+        info           TEXT NOT NULL DEFAULT '{}',
+        created_at     TEXT NOT NULL,
+        weights_deleted_at TEXT
+    );
+    INSERT INTO models_v2(id, parent, kind, status, task, recipe, recipe_sha256, weights_sha256, records, n_records,
+                          method, request_id, seconds, info, created_at)
+        SELECT id, parent, kind, status, task, recipe, recipe_sha256, weights_sha256, records, n_records, method,
+               request_id, seconds, info, created_at FROM models;
+    DROP TABLE models;
+    ALTER TABLE models_v2 RENAME TO models;
+    CREATE INDEX models_reference ON models(kind, recipe_sha256);
+    CREATE TABLE chain (
+        seq    INTEGER PRIMARY KEY,
+        kind   TEXT NOT NULL CHECK (kind IN ('model', 'request')),
+        ref    TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        mac    TEXT NOT NULL,
+        at     TEXT NOT NULL
+    );
+    CREATE INDEX chain_ref ON chain(kind, ref);
+    CREATE TABLE tombstone_bands (
+        band       TEXT NOT NULL,
+        record_id  INTEGER NOT NULL,
+        request_id INTEGER NOT NULL REFERENCES requests(id)
+    );
+    CREATE INDEX tombstone_bands_band ON tombstone_bands(band);
+    """,
 ]
+
+REBUILDS = {1}
+"""Migrations (by index) that rebuild a table and so must run with foreign keys off."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

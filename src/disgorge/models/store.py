@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -9,8 +10,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._io import fsync_dir, sha256_bytes
-from ..errors import IntegrityError
+from .._io import atomic_write_bytes, fsync_dir, read_regular, sha256_bytes
+from ..errors import DisgorgeError, IntegrityError, NotFound
 
 if TYPE_CHECKING:
     import torch
@@ -60,10 +61,12 @@ def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[
     from safetensors.torch import load as st_load
     path = models_dir / model_id / WEIGHTS
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = read_regular(path, f"model {model_id}'s weights file")
+    except NotFound:
         raise IntegrityError(f"model {model_id}: weights file {path} is missing; restore it from a backup "
                              f"or retrain the model") from None
+    except DisgorgeError as exc:
+        raise IntegrityError(str(exc)) from None
     if sha256_bytes(data) != expected_sha256:
         raise IntegrityError(f"model {model_id}: weights do not match their recorded sha256 (tampered or corrupt);"
                              f" restore {path} from a backup or retrain with `disgorge train`")
@@ -83,3 +86,24 @@ def remove_orphans(models_dir: Path, older_than: float = 3600.0) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
         except FileNotFoundError:
             continue
+
+
+def delete_weights(models_dir: Path, model_id: str, content_keys: tuple[str, ...] = ()) -> None:
+    """Delete a model's weights file and drop ``content_keys`` from the data facts of its ``config.json`` (the card,
+    recipe and lineage bitmap stay). A missing weights file is fine: a crash may have come after its deletion."""
+    folder = models_dir / model_id
+    (folder / WEIGHTS).unlink(missing_ok=True)
+    config = folder / "config.json"
+    if content_keys and config.is_file() and not config.is_symlink():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if any(k in data.get("data", {}) for k in content_keys):
+            for key in content_keys:
+                data["data"].pop(key, None)
+            config.unlink()
+            atomic_write_bytes(config, (json.dumps(data, indent=2) + "\n").encode(), mode=0o444)
+    fsync_dir(folder)
+
+
+def model_folders(models_dir: Path) -> list[Path]:
+    """The committed-looking model folders (``m<n>``), not temp folders."""
+    return sorted(p for p in models_dir.iterdir() if p.name.startswith("m") and p.name[1:].isdigit())

@@ -148,8 +148,7 @@ def write_report_html(ws: Workspace, target: str, out: Path | None = None) -> Pa
     html = render_report(ws, target)
     if out is None:
         request_id, only = _resolve(ws, target)
-        folder = ws.report_dir(request_id)
-        out = (folder / only if only else folder) / "report.html"
+        out = ws.report_dir(request_id, *([only] if only else []), "report.html")
     out = Path(out)
     atomic_write_text(out, html)
     return out
