@@ -18,6 +18,7 @@ from disgorge.errors import DisgorgeError, IntegrityError, InvalidRequest
 from disgorge.ledger import bitmap as bm
 from disgorge.ledger.schema import MIGRATIONS
 from disgorge.models import store
+from disgorge.report.html import render_report
 
 FAST = {"method": "finetune", "options": {"max_steps": 3}, "verify": "none"}
 
@@ -175,6 +176,8 @@ def test_edited_certificate_file_is_reported(backdoor_ws):
     cert["verdict"] = "passed" if cert["verdict"] != "passed" else "failed"
     path.write_text(json.dumps(cert))
     assert any(str(path) in p for p in _problems(ws)["certificates"])
+    with pytest.raises(IntegrityError, match="was altered after it was written"):
+        render_report(ws, str(result.request_id))
 
 
 def test_orphan_folders_are_reported_and_removed(backdoor_ws, trained_id):

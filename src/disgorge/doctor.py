@@ -28,7 +28,7 @@ from typing import Any
 
 from ._io import read_regular
 from .errors import DisgorgeError
-from .evidence.signing import signature_problem
+from .evidence.signing import same_certificate, signature_problem
 from .workspace import Workspace, permission_problems, secure_permissions
 
 
@@ -78,8 +78,7 @@ def _certificates(ws: Workspace) -> list[str]:
         request_id = cert.get("request")
         committed = ws.ledger.find_request(request_id) if isinstance(request_id, int) else None
         stored = committed.results.get("certificates", {}).get(path.parent.name) if committed else None
-        if stored is not None and {k: v for k, v in cert.items() if k != "signature"} != \
-                json.loads(json.dumps({k: v for k, v in stored.items() if k != "signature"})):
+        if stored is not None and not same_certificate(cert, stored):
             problems.append(f"{path}: differs from the certificate the ledger holds for request {request_id}")
     return problems
 

@@ -56,9 +56,18 @@ def _against_workspace(cert: dict[str, Any], ws: Workspace, checks: list[dict[st
                                 "was discarded, never committed, so it has no weights file"})
                 _absent_model(ws, model_id, checks)
                 continue
-            _weights(ws, role, model_id, sha, checks)
+            row = ws.ledger.find_model(model_id)
+            if row is not None and row.weights_deleted_at is not None:
+                skipped.append({"name": f"weights:{role}", "detail": f"{role} model {model_id}'s weights were "
+                                f"deleted on {row.weights_deleted_at} (it saw erased records, or was retired); "
+                                "the ledger's sealed sha256 is checked instead"})
+            else:
+                _weights(ws, role, model_id, sha, checks)
             _model_row(ws, role, model_id, sha, checks)
         _lineage(cert, ws, models, rejected, checks)
+        chain = ws.ledger.chain_problems("model", [m for m, _ in models.values()])
+        _add(checks, "ledger:sealed", not chain, "the ledger rows of these models are as disgorge sealed them "
+             "(HMAC chain)" if not chain else "; ".join(chain))
         _request(cert, ws, models, rejected, checks, skipped)
 
 

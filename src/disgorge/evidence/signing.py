@@ -87,3 +87,8 @@ def _b64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise TypeError("not a string")
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def same_certificate(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two certificates say the same thing (their signature blocks aside), compared as canonical JSON."""
+    return canonical(a) == canonical(b)
