@@ -10,6 +10,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyroaring import BitMap
 
@@ -251,3 +252,35 @@ def test_version_1_ledger_is_migrated_and_sealed(tmp_path):
         assert ws.ledger.chain_problems() == []
         ws.ledger.set_model_status("m1", "retired")  # the new status is allowed
         assert ws.ledger.chain_problems() == []
+
+
+def _scenario_records(source: str) -> list:
+    from disgorge.scenarios import get_scenario
+
+    return next(s for s in get_scenario("digits-backdoor").sources() if s.name == source).records
+
+
+def test_erased_content_is_refused_in_another_container_or_slightly_edited(backdoor_ws, tmp_path):
+    ws = backdoor_ws
+    erased = _scenario_records("contributor-07")
+    api.forget(ws, sources=["contributor-07"], **FAST)
+    x = np.stack([r.fields["x"].reshape(-1).astype(np.float64) for r in erased[:10]])
+    y = np.array([int(r.fields["y"][0]) for r in erased[:10]])
+    again = tmp_path / "again.npz"  # float64 instead of float32, relabelled (flattening is refused by shape)
+    np.savez(again, x=x.reshape(-1, 8, 8), y=(y + 1) % 10)
+    before = ws.ledger.count_records()
+    with pytest.raises(InvalidRequest, match="near-duplicates of content erased"):
+        api.ingest_file(ws, again, source="someone-else", license="CC0-1.0")
+    edited = x.copy()
+    edited[:, 27] += 1.0  # one pixel brighter by 1/16 of the range
+    npz = tmp_path / "edited.npz"
+    np.savez(npz, x=edited.astype(np.float32).reshape(-1, 8, 8), y=y)
+    with pytest.raises(InvalidRequest, match="near-duplicates of content erased"):
+        api.ingest_file(ws, npz, source="someone-else", license="CC0-1.0")
+    assert ws.ledger.count_records() == before and ws.ledger.find_source("someone-else") is None
+    live = ws.ledger.record_ids(split=None)
+    assert ws.ledger.near_duplicate_share(live) <= 0.01  # live records of other contributors are not refused
+    other = _scenario_records("contributor-03")  # and fresh, different content is accepted
+    fresh = tmp_path / "fresh.npz"
+    np.savez(fresh, x=np.stack([r.fields["x"] for r in other[:5]]) * 0.5 + 3.0, y=np.arange(5))
+    assert len(api.ingest_file(ws, fresh, source="newcomer", license="CC0-1.0").added) == 5

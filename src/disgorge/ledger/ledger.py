@@ -19,6 +19,7 @@ from pyroaring import BitMap
 
 from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from . import bitmap as bm
+from . import fingerprint as fp
 from . import payload as pl
 from .schema import MIGRATIONS, REBUILDS, SCHEMA_VERSION
 
@@ -301,6 +302,13 @@ class Ledger:
                     f"{erased} of these records match content erased by an earlier request (tombstones);"
                     " erased data can never be ingested again: remove them from the input"
                 )
+            near = self._near_duplicates(db, [pl.decode(r[1]) for r in rows])
+            if near:
+                raise InvalidRequest(
+                    f"{len(near)} of these records are near-duplicates of content erased by an earlier request "
+                    f"(input record(s) {', '.join(str(i + 1) for i in near[:5])}{' ...' if len(near) > 5 else ''});"
+                    " erased data can never be ingested again, converted or slightly edited: remove them"
+                )
             seen: set[str] = set()
             for h, data, attrs, split in rows:
                 if h in seen or db.execute(
@@ -313,6 +321,33 @@ class Ledger:
                     "VALUES(?,?,?,?,?,?)", (source.id, h, data, attrs, split, stamp))
                 added.add(int(cur.lastrowid))
         return IngestResult(source.name, added, duplicates)
+
+    def _near_duplicates(self, db: sqlite3.Connection, contents: list[dict[str, np.ndarray]]) -> list[int]:
+        """Positions of ``contents`` whose near-duplicate fingerprint shares at least :data:`fingerprint.MIN_MATCH`
+        band keys with one erased record's (none to check while nothing was erased)."""
+        if db.execute("SELECT 1 FROM tombstone_bands LIMIT 1").fetchone() is None:
+            return []
+        found = []
+        for i, fields in enumerate(contents):
+            bands = fp.fingerprint(fields, self._key)
+            if not bands:
+                continue
+            hits: dict[int, int] = {}
+            for part in _chunks(bands):
+                q = f"SELECT record_id FROM tombstone_bands WHERE band IN ({','.join('?' * len(part))})"
+                for (rid,) in db.execute(q, part):
+                    hits[rid] = hits.get(rid, 0) + 1
+            if hits and max(hits.values()) >= fp.MIN_MATCH:
+                found.append(i)
+        return found
+
+    def near_duplicate_share(self, ids: Iterable[int]) -> float:
+        """Share of these (live) records that a re-ingest would refuse as near-duplicates of erased content: the
+        false-refusal rate of the near-duplicate tombstones on live data."""
+        records = [r for r in self.records(ids) if r.fields is not None]
+        if not records:
+            return 0.0
+        return len(self._near_duplicates(self._db, [r.fields for r in records])) / len(records)
 
     @staticmethod
     def _count_in(db: sqlite3.Connection, query: str, values: Sequence[Any]) -> int:
@@ -657,6 +692,10 @@ class Ledger:
         values = list(ids)
         for part in _chunks(values):
             marks = ",".join("?" * len(part))
+            for rid, data in db.execute(f"SELECT id, payload FROM records WHERE id IN ({marks}) AND payload IS NOT "
+                                        "NULL", part).fetchall():
+                db.executemany("INSERT INTO tombstone_bands(band, record_id, request_id) VALUES(?,?,?)",
+                               [(band, rid, request_id) for band in fp.fingerprint(pl.decode(data), self._key)])
             db.execute(f"INSERT OR IGNORE INTO tombstones(hash, record_id, request_id, erased_at) "
                        f"SELECT hash, id, ?, ? FROM records WHERE id IN ({marks})", [request_id, stamp, *part])
             db.execute(f"UPDATE records SET payload=NULL, attributes='{{}}', state='erased' WHERE id IN ({marks})",
