@@ -332,12 +332,9 @@ class Ledger:
             bands = fp.fingerprint(fields, self._key)
             if not bands:
                 continue
-            hits: dict[int, int] = {}
-            for part in _chunks(bands):
-                q = f"SELECT record_id FROM tombstone_bands WHERE band IN ({','.join('?' * len(part))})"
-                for (rid,) in db.execute(q, part):
-                    hits[rid] = hits.get(rid, 0) + 1
-            if hits and max(hits.values()) >= fp.MIN_MATCH:
+            q = (f"SELECT 1 FROM tombstone_bands WHERE band IN ({','.join('?' * len(bands))}) "
+                 "GROUP BY record_id HAVING COUNT(*) >= ? LIMIT 1")
+            if db.execute(q, [*bands, fp.MIN_MATCH]).fetchone() is not None:
                 found.append(i)
         return found
 
