@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from . import erasure
 from .data import load_file
 from .data.files import holdout_split
-from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, forget, resolve_level
+from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, resolve_level
 from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
@@ -23,14 +25,30 @@ from .scenarios import get_scenario, workspace_probes, workspace_purpose
 from .spec import Recipe
 from .tasks import RecordDataset, Task, check_recipe
 from .training.trainer import fit_recipe
-from .workspace import Workspace
+from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForgetResult", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
-           "ingest_scenario", "train", "verify", "verify_strong"]
+__all__ = ["Deletion", "ForgetResult", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
+           "ingest_scenario", "purge", "retire", "train", "verify", "verify_strong"]
 
 
+def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an API function that changes the workspace under its write lock (:meth:`Workspace.writing`), so that
+    concurrent commands on one workspace run one after the other and each reads the state the last one left."""
+
+    @functools.wraps(fn)
+    def locked(ws: Workspace, *args: Any, **kwargs: Any) -> Any:
+        with ws.writing():
+            return fn(ws, *args, **kwargs)
+
+    return locked
+
+
+forget = _writes(erasure.forget)
+
+
+@_writes
 def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
     """Ingest a bundled scenario's sources; the workspace remembers it for its effect probe."""
     scenario = get_scenario(name)
@@ -46,6 +64,7 @@ def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
     return results
 
 
+@_writes
 def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, origin: str = "",
                 label: str = "label", attributes: Sequence[str] = (), split: str = "train", holdout: float = 0.0,
                 holdout_seed: int = 0) -> IngestResult:
@@ -53,19 +72,45 @@ def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, o
 
     ``holdout`` keeps a seeded random share of the file's records (stratified by label for classification) as
     held-out records of the same source, in split ``test``; the rest go to ``split`` (which must be ``train``).
+
+    A workspace holds one kind of data: the file's records must be of the kind (classification ``x``/``y`` or
+    texts) and, for classification, of the input shape of the records already there.
     """
+    for what, value, limit in (("--source", source, 200), ("--license", license, 200), ("--origin", origin, 2000)):
+        if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise InvalidRequest(f"{what} must be printable text (no control characters) of at most {limit} "
+                                 f"characters, got {shown}")
+    if not license:
+        raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")
     if not 0 <= holdout < 1:
         raise InvalidRequest(f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
     if holdout and split != "train":
         raise InvalidRequest(f"--holdout splits a file into train and test; drop --split {split} or --holdout")
     records = holdout_split(load_file(path, label=label, attributes=attributes, split=split), holdout, holdout_seed)
-    if not license:
-        raise InvalidRequest("pass --license (an SPDX id such as CC-BY-4.0) for the records' source")
+    present = ws.ledger.record_ids(split=None, states=("active", "held"))
+    if records and present:
+        (old,) = ws.ledger.records([present.min()])
+
+        def kind(fields: dict[str, Any]) -> str:
+            return "classification records (x, y)" if "x" in fields else "text records (causal_lm)"
+
+        new_kind, old_kind = kind(records[0].fields), kind(old.fields or {})
+        if new_kind != old_kind:
+            raise InvalidRequest(f"{path} holds {new_kind} but this workspace holds {old_kind}; one workspace holds "
+                                 "one kind of data: ingest it into another workspace")
+        if "x" in records[0].fields:
+            new_shape, old_shape = tuple(records[0].fields["x"].shape), tuple(old.fields["x"].shape)
+            if new_shape != old_shape:
+                raise InvalidRequest(f"{path} holds records of input shape {new_shape} but this workspace's records "
+                                     f"have shape {old_shape}; records of one workspace share one model, so their "
+                                     "shapes must match")
     with ws.ledger.transaction():  # a refused ingest leaves no new source behind
         src = ws.ledger.add_source(source, license, origin or str(path))
         return ws.ledger.add_records(src, records)
 
 
+@_writes
 def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
     """Train a recipe (object or TOML file) on the workspace's ledger and record the new model; returns its row."""
     if not isinstance(recipe, Recipe):
@@ -99,6 +144,7 @@ def _accuracy(ws: Workspace, task: Task, model: nn.Module, train: RecordDataset)
             "test": test}
 
 
+@_writes
 def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | None = None,
            exact_budget: float = EXACT_BUDGET, thresholds: Thresholds | None = None) -> dict[str, Any]:
     """Verify an unlearned model against its parent at an evidence ``level`` (``exact``: against a model
@@ -112,6 +158,7 @@ def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | No
     if level not in (AUTO, *LEVELS):
         raise InvalidRequest(f"unknown verification level {level!r}; choose one of {AUTO}, {', '.join(LEVELS)}")
     row, req = _unlearned(ws, model_id)
+    ws.check_untampered([row])
     child_model, _, task = ws.load_model(model_id)
     if req.status == "erased":
         stored = req.results.get("certificates", {}).get(model_id)
@@ -147,6 +194,7 @@ def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | No
     return cert
 
 
+@_writes
 def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: str = "local",
                   workers: int | None = None) -> dict[str, Any]:
     """Per-example verification of an unlearned model's method: ``models`` retrained and ``models`` unlearned
@@ -191,6 +239,25 @@ def _keep_certificate(ws: Workspace, request_id: int, model_id: str, cert: dict[
     write_certificate(ws, cert)
 
 
-def erase(ws: Workspace, request_id: int) -> None:
-    """Erase the payloads of a request made with ``erase=False`` (held records), keeping tombstones."""
+@_writes
+def erase(ws: Workspace, request_id: int, *, keep_superseded: bool = False) -> Deletion:
+    """Erase the payloads of a request made with ``erase=False`` (held records), keeping tombstones; then delete
+    the weights of the models that saw them (unless ``keep_superseded``). The models' rows are checked for
+    tampering first."""
+    req = ws.ledger.request(request_id)
+    ws.check_untampered([m for m in ws.ledger.models(status="active") if m.records & req.records])
     ws.ledger.erase(request_id)
+    return ws.complete_erasure(keep_superseded=keep_superseded)
+
+
+@_writes
+def purge(ws: Workspace) -> Deletion:
+    """Delete the weights of every model out of service (superseded or retired, kept ones included) and finish
+    deletions an earlier command left pending."""
+    return ws.purge()
+
+
+@_writes
+def retire(ws: Workspace, model_id: str) -> ModelRow:
+    """Take a model out of service for good and delete its weights (its card, recipe and lineage stay)."""
+    return ws.retire(model_id)

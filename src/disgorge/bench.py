@@ -31,6 +31,9 @@ from .workspace import Workspace
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "people", "book")
+BENCH_MARKER = ".disgorge-bench"
+"""File :func:`run_bench` leaves in the ``work`` folder it makes: only a folder carrying it (or an empty one) is
+deleted without ``force``."""
 
 
 @dataclass
@@ -57,10 +60,21 @@ class BenchSettings:
             parse_variant(label)
 
 
-def run_bench(settings: BenchSettings) -> list[dict[str, Any]]:
-    """Run the grid; write ``<scenario>.json`` per scenario and ``summary.json``; return the summary rows."""
+def run_bench(settings: BenchSettings, *, force: bool = False) -> list[dict[str, Any]]:
+    """Run the grid; write ``<scenario>.json`` per scenario and ``summary.json``; return the summary rows.
+
+    The scratch folder ``out/work`` is deleted afterwards, so an existing one is only used when it is empty, was
+    made by an earlier bench (it holds :data:`BENCH_MARKER`) or ``force`` is given.
+    """
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise InvalidRequest(f"{work} exists and is not a folder; choose another --out")
+    if work.exists() and any(work.iterdir()) and not force and not (work / BENCH_MARKER).is_file():
+        raise InvalidRequest(f"{work} exists and was not made by `disgorge bench`, which deletes it when done; "
+                             "choose another --out, or pass --force to delete it")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / BENCH_MARKER).write_text("made by `disgorge bench`: deleted when the bench ends\n", encoding="utf-8")
     executor = get_executor(settings.executor, workers=settings.workers)
     try:
         for scenario in settings.scenarios:

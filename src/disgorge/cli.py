@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import DisgorgeError, InvalidRequest
+from .errors import DisgorgeError, InvalidRequest, NotFound
+from .spec import MAX_SEED
 from .workspace import Workspace
 
 app = typer.Typer(help="Trace, audit, unlearn and verify what a trained model learned from which data.",
@@ -41,19 +44,38 @@ def _ws(path: Path) -> Workspace:
     return Workspace.open(path)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Characters a terminal acts on instead of showing: C0/C1 controls (escape sequences, newlines) and the bidi
+overrides that reorder what is shown."""
+
+
+def _safe(value: Any) -> str:
+    """``value`` as one line of inert text: every control character written as its escape (``\\x1b``, ``\\n``), so
+    names from users can neither drive the terminal nor break a line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def _text(value: Any) -> Text:
+    """Inert text to print: never read as rich markup, control characters escaped (see :func:`_safe`)."""
+    return Text(_safe(value))
+
+
 def _emit(data: Any, as_json: bool, show: Callable[[], None]) -> None:
-    """Print ``data`` as JSON, or call ``show`` to print it for a person."""
+    """Print ``data`` as JSON, or call ``show`` to print it for a person. JSON escapes C0 controls itself; the C1
+    controls (which some terminals act on) are escaped too, which JSON allows."""
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=1, default=str, ensure_ascii=False) + "\n")
+        text = json.dumps(data, indent=1, default=str, ensure_ascii=False)
+        sys.stdout.write(re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
     else:
         show()
 
 
 def _table(*columns: str, rows: Iterable[Iterable[Any]], title: str | None = None) -> Table:
-    """A table whose cells are plain text: names from users are never read as rich markup."""
-    table = Table(*columns, title=title)
+    """A table whose cells are plain text: names from users are never read as rich markup, and their control
+    characters are escaped."""
+    table = Table(*columns, title=None if title is None else _text(title))
     for row in rows:
-        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
+        table.add_row(*(_text("-" if v is None else v) for v in row))
     return table
 
 
@@ -85,7 +107,7 @@ def init(path: Annotated[Path, typer.Argument(help="folder to create the workspa
     """Create a workspace (ledger, keys, models/, reports/)."""
     with Workspace.init(path) as ws:
         data = {"workspace": str(ws.root), "schema": ws.ledger.schema_version}
-        _emit(data, as_json, lambda: out.print(f"created workspace {ws.root} (ledger schema v{data['schema']})"))
+        _emit(data, as_json, lambda: out.print(_text(f"created workspace {ws.root} (ledger schema v{data['schema']})")))
 
 
 @app.command()
@@ -107,6 +129,9 @@ def ingest(
     """Add records with their provenance: a bundled scenario or a user file."""
     from . import api
 
+    _check(math.isfinite(holdout) and 0 <= holdout < 1,
+           f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
+    _check_seed("--holdout-seed", holdout_seed)
     with _ws(workspace) as ws:
         if scenario is not None:
             if file is not None:
@@ -187,8 +212,9 @@ def status(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> Non
         data = ws.status()
 
     def show() -> None:
-        out.print(f"workspace {data['workspace']} (ledger schema v{data['schema']}"
-                  + (f", scenario {data['scenario']}" if data["scenario"] else "") + f"): {data['sources']} source(s)")
+        out.print(_text(f"workspace {data['workspace']} (ledger schema v{data['schema']}"
+                        + (f", scenario {data['scenario']}" if data["scenario"] else "")
+                        + f"): {data['sources']} source(s)"))
         out.print(_table("records", "total", "train", "test",
                          rows=[(k, v["total"], v.get("train", 0), v.get("test", 0))
                                for k, v in data["records"].items()]))
@@ -261,10 +287,11 @@ def models(workspace: WorkspaceOpt = Path("."),
         rows = ws.ledger.models(kinds=kinds, status=None if all_ else "active")
         data = [{"model": m.id, "kind": m.kind, "status": m.status, "parent": m.parent, "method": m.method,
                  "request": m.request_id, "records": len(m.records), "seconds": round(m.seconds, 2),
-                 "sha256": m.weights_sha256} for m in rows]
+                 "sha256": m.weights_sha256, "weights_deleted_at": m.weights_deleted_at} for m in rows]
         _emit(data, as_json, lambda: out.print(_table(
             "model", "kind", "status", "parent", "method", "request", "records", "seconds", "sha256",
-            rows=[(d["model"], d["kind"], d["status"], d["parent"], d["method"], d["request"], d["records"],
+            rows=[(d["model"], d["kind"], d["status"] + (", weights deleted" if d["weights_deleted_at"] else ""),
+                   d["parent"], d["method"], d["request"], d["records"],
                    f"{d['seconds']:.1f}", d["sha256"][:12]) for d in data])))
 
 
@@ -303,7 +330,41 @@ def _range(option: dict[str, Any]) -> str:
     return f">= {low}" if low is not None else f"<= {high}" if high is not None else "-"
 
 
+MAX_RECORD_ID = 2**32 - 1
+"""Record ids live in 32-bit bitmaps: no record has a larger id."""
+MAX_SELECTED = 10_000_000
+"""Most record ids one ``--records`` may name."""
+MAX_SQL_INT = 2**63 - 1
+"""Largest integer SQLite stores: no request has a larger id."""
+MAX_MODELS = 1000
+"""Most models per side of the per-example test, and most bench seeds."""
+MAX_LORA_RANK = 4096
+"""Largest ``--lora`` rank."""
+
+
+def _check(ok: bool, message: str) -> None:
+    """Refuse an option value with a one-line :class:`InvalidRequest` unless ``ok``."""
+    if not ok:
+        raise InvalidRequest(message)
+
+
+def _finite(value: float | None) -> bool:
+    """Whether an optional float option is unset or a finite number (not nan, not infinite)."""
+    return value is None or math.isfinite(value)
+
+
+def _check_seed(option: str, seed: int) -> None:
+    """Seeds go to torch, numpy and scikit-learn: integers in ``[0, 2**32)``."""
+    _check(0 <= seed <= MAX_SEED, f"{option} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed}")
+
+
+def _check_workers(workers: int | None) -> None:
+    _check(workers is None or 1 <= workers <= 1024, f"--workers must be from 1 to 1024, got {workers}")
+
+
 def _parse_ids(text: str | None) -> list[int]:
+    """``--records`` text (``3,7,10-20``) as ids; refuses malformed parts, ids no record can have (record ids are
+    stored in 32-bit bitmaps) and selections of over MAX_SELECTED ids."""
     if not text:
         return []
     ids: list[int] = []
@@ -316,6 +377,12 @@ def _parse_ids(text: str | None) -> list[int]:
             raise InvalidRequest(f"--records takes ids like 3,7,10-20; {part!r} is not one") from None
         if last < first:
             raise InvalidRequest(f"--records: range {part!r} runs backwards; write it as {last}-{first}")
+        if last > MAX_RECORD_ID:
+            raise NotFound(f"record id {last} does not exist in this workspace (record ids are below 2**32); see "
+                           "`disgorge records`")
+        if len(ids) + last - first + 1 > MAX_SELECTED:
+            raise InvalidRequest(f"--records names over {MAX_SELECTED:,} ids; forget whole sources (--source) or a "
+                                 "share (--random) instead")
         ids += range(first, last + 1)
     return ids
 
@@ -351,6 +418,13 @@ def forget(
                        ] = None,
     defer_erase: Annotated[bool, typer.Option(help="hold the payloads (for `disgorge verify`) until "
                                                      "`disgorge erase REQUEST`")] = False,
+    keep_superseded: Annotated[bool, typer.Option(help="keep the weights of the models the erasure supersedes "
+                                                         "(by default they are deleted: they hold the records' "
+                                                         "effect)")] = False,
+    include_test: Annotated[bool, typer.Option("--include-test", help="also forget held-out (split test) records: "
+                                                                      "a --source's, and --records ids among them "
+                                                                      "(by default they stay, for verification)")
+                            ] = False,
     workspace: WorkspaceOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -358,17 +432,32 @@ def forget(
     from . import api
     from .methods.registry import parse_options
 
+    _check(random is None or (math.isfinite(random) and 0 < random < 1),
+           f"--random takes a fraction in (0, 1) such as 0.1, got {random}")
+    _check_seed("--seed", seed)
+    _check(_finite(max_seconds) and (max_seconds is None or max_seconds >= 0),
+           f"--max-seconds must be a finite number of seconds >= 0, got {max_seconds}")
+    _check(max_steps is None or max_steps >= 1, f"--max-steps must be at least 1, got {max_steps}")
+    _check(lora is None or 0 <= lora <= MAX_LORA_RANK,
+           f"--lora takes a rank from 1 to {MAX_LORA_RANK} (0: train every weight), got {lora}")
+    _check(math.isfinite(budget) and budget > 0,
+           f"--budget must be a finite share of the training time > 0 such as 0.5, got {budget}")
+    _check(math.isfinite(exact_budget) and exact_budget >= 0,
+           f"--exact-budget must be a finite number of seconds >= 0, got {exact_budget}")
+    ids = _parse_ids(records)
     with _ws(workspace) as ws:
         options = parse_options(option or [])
         options.update({k: v for k, v in (("max_seconds", max_seconds), ("max_steps", max_steps),
                                           ("lora_rank", lora)) if v is not None})
-        result = api.forget(ws, sources=source or (), records=_parse_ids(records), random_fraction=random, seed=seed,
+        result = api.forget(ws, sources=source or (), records=ids, random_fraction=random, seed=seed,
                             model=model, method=method, options=options, reason=reason,
                             verify="none" if no_verify else verify, exact_budget=exact_budget, purpose=purpose,
-                            erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget)
+                            erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget,
+                            keep_superseded=keep_superseded, include_test=include_test)
         data = {"request": result.request_id, "records": result.records, "method": method,
                 "children": [{"parent": c.parent, "model": c.id} for c in result.children],
-                "erased": result.erased, "certificates": result.certificates, "paths": result.paths}
+                "erased": result.erased, "deletion": vars(result.deletion), "certificates": result.certificates,
+                "paths": result.paths}
 
         def show() -> None:
             out.print(f"request {result.request_id}: {result.records} records; "
@@ -376,7 +465,7 @@ def forget(
                       + ", ".join(f"{c.parent} -> {c.id}" for c in result.children))
             for cert in result.certificates:
                 _print_certificate(cert, result.paths[cert["models"]["child"]["id"]]["json"])
-            out.print("records erased (tombstones kept)" if result.erased else
+            out.print(_deletion_line(result.deletion) if result.erased else
                       f"records held; erase them with `disgorge erase {result.request_id}`")
 
         _emit(data, as_json, show)
@@ -399,6 +488,11 @@ def verify(model: Annotated[str, typer.Argument(help="an unlearned model id")],
     """Check that an unlearned model forgot: against held-out data or a model retrained without the records."""
     from . import api
 
+    _check(math.isfinite(exact_budget) and exact_budget >= 0,
+           f"--exact-budget must be a finite number of seconds >= 0, got {exact_budget}")
+    _check(3 <= strong_models <= MAX_MODELS,
+           f"--strong-models must be from 3 to {MAX_MODELS} models per side, got {strong_models}")
+    _check_workers(workers)
     with _ws(workspace) as ws:
         if strong:
             cert = api.verify_strong(ws, model, models=strong_models, executor=executor, workers=workers)
@@ -430,11 +524,17 @@ def bench(
     workers: Annotated[int | None, typer.Option(help="parallel workers (default: the CPU count)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="results folder")] = Path("benchmarks/results"),
     report: Annotated[Path | None, typer.Option(help="write this markdown report (e.g. BENCHMARKS.md)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace OUT/work even if disgorge did not make it")
+                     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Every method against retraining on the bundled scenarios; results JSON, summary and a report."""
     import time as _time
 
+    _check(1 <= seeds <= MAX_MODELS, f"--seeds must be from 1 to {MAX_MODELS}, got {seeds}")
+    _check(strong_models == 0 or 3 <= strong_models <= MAX_MODELS,
+           f"--strong-models must be 0 (skip) or from 3 to {MAX_MODELS} models per side, got {strong_models}")
+    _check_workers(workers)
     from .bench import DEFAULT_SCENARIOS, BenchSettings, machine, run_bench
     from .report.benchmarks import write_report
 
@@ -444,7 +544,7 @@ def bench(
                              strong_models=strong_models, executor=executor, workers=workers, out=out_dir,
                              command=command)
     started = _time.perf_counter()
-    rows = run_bench(settings)
+    rows = run_bench(settings, force=force)
     wall = _time.perf_counter() - started
     if report is not None:
         write_report(out_dir, report, command=command, machine=machine())
@@ -455,21 +555,93 @@ def bench(
              "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}",
              "-" if r.get("forget_score") is None else f"{r['forget_score']:.3f}")
             for r in rows if "refused" not in r]))
-        out.print(f"results in {out_dir}" + (f"; report {report}" if report else "") + f" ({wall / 60:.1f} min)")
+        out.print(_text(f"results in {out_dir}" + (f"; report {report}" if report else "")
+                        + f" ({wall / 60:.1f} min)"))
 
     _emit(rows, as_json, show)
 
 
 @app.command()
 def erase(request: Annotated[int, typer.Argument(help="erasure request id")],
+          keep_superseded: Annotated[bool, typer.Option(help="keep the weights of superseded models that saw the "
+                                                              "records")] = False,
           workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Erase the held records of a request made with --defer-erase."""
     from . import api
 
+    if not -MAX_SQL_INT <= request <= MAX_SQL_INT:
+        raise NotFound(f"no erasure request {request} in this workspace; see `disgorge requests`")
     with _ws(workspace) as ws:
-        api.erase(ws, request)
-        _emit({"request": request, "erased": True}, as_json,
-              lambda: out.print(f"request {request}: records erased (tombstones kept)"))
+        deletion = api.erase(ws, request, keep_superseded=keep_superseded)
+        _emit({"request": request, "erased": True, "deletion": vars(deletion)}, as_json,
+              lambda: out.print(f"request {request}: {_deletion_line(deletion)}"))
+
+
+def _deletion_line(deletion: Any) -> str:
+    """What an erasure deleted, in one line for a person."""
+    parts = ["records erased (tombstones kept)" if not deletion.pending else
+             "records erased logically; physical deletion pending (another process holds the ledger open; the next "
+             "disgorge command on this workspace finishes it)"]
+    if deletion.purged:
+        parts.append(f"weights deleted of {', '.join(deletion.purged)} (they saw the records)")
+    if deletion.kept:
+        parts.append(f"weights kept of {', '.join(deletion.kept)} (--keep-superseded; `disgorge purge` deletes "
+                     "them)")
+    return "; ".join(parts)
+
+
+@app.command()
+def purge(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Delete the weights of every superseded or retired model and finish pending deletions."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        deletion = api.purge(ws)
+        _emit(vars(deletion), as_json, lambda: out.print(
+            f"weights deleted of {', '.join(deletion.purged)}" if deletion.purged else
+            "nothing to purge: every model out of service has had its weights deleted"))
+
+
+@app.command()
+def retire(model: Annotated[str, typer.Argument(help="a model id")],
+           workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Take a model out of service for good: never unlearned or used again; its weights are deleted."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        row = api.retire(ws, model)
+        _emit({"model": row.id, "status": row.status, "weights_deleted_at": row.weights_deleted_at}, as_json,
+              lambda: out.print(f"model {row.id} retired; its weights are deleted (card, recipe and lineage "
+                                "remain)"))
+
+
+@app.command()
+def doctor(repair: Annotated[bool, typer.Option(help="remove orphan model folders, finish pending deletions and "
+                                                     "set private permissions (tampering is only reported)")
+                             ] = False,
+           workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Check the workspace: ledger integrity, the tamper-evident chain, model files, certificates, erasure,
+    orphans and permissions. Exits 1 when a problem remains."""
+    from . import doctor as checks
+
+    with _ws(workspace) as ws:
+        fixed = checks.repair(ws) if repair else []
+        data = {**checks.report(checks.examine(ws)), "fixed": fixed}
+
+    def show() -> None:
+        for line in fixed:
+            out.print(Text(f"fixed: {line}"))
+        out.print(_table("check", "result", "covers", rows=[
+            (name, "ok" if c["ok"] else f"{len(c['problems'])} problem(s)", c["covers"])
+            for name, c in data["checks"].items()]))
+        for name, c in data["checks"].items():
+            for problem in c["problems"]:
+                out.print(Text(f"{name}: {problem}"))
+        out.print("workspace OK" if data["ok"] else "problems found (see above)")
+
+    _emit(data, as_json, show)
+    if not data["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -496,9 +668,12 @@ def report(target: Annotated[str, typer.Argument(help="an erasure request id (3 
     """Write one self-contained HTML report of an erasure request for people who never run Python."""
     from .report.html import write_report_html
 
+    number = re.fullmatch(r"\s*[rR]?(\d+)\s*", target)
+    if number and (len(number.group(1)) > 19 or int(number.group(1)) > MAX_SQL_INT):
+        raise NotFound(f"no erasure request {number.group(1)} in this workspace; see `disgorge requests`")
     with _ws(workspace) as ws:
         path = write_report_html(ws, target, out_file)
-    _emit({"report": str(path)}, as_json, lambda: out.print(f"report: {path}"))
+    _emit({"report": str(path)}, as_json, lambda: out.print(_text(f"report: {path}")))
 
 
 @certificate_app.command("check")
@@ -520,7 +695,9 @@ def certificate_check(file: Annotated[Path, typer.Argument(help="a certificate.j
         out.print(_table("check", "result", "what was checked", rows=[
             (c["name"], "pass" if c["passed"] else "FAIL", c.get("detail", "")) for c in result["checks"]]))
         out.print(Text(result.get("scope", "")))
-        out.print(f"certificate {file}: " + ("[green]VALID[/]" if result["valid"] else "[red]NOT VALID[/]"))
+        line = _text(f"certificate {file}: ")
+        line.append("VALID" if result["valid"] else "NOT VALID", style="green" if result["valid"] else "red")
+        out.print(line)
 
     _emit(result, as_json, show)
     if not result["valid"]:
@@ -532,11 +709,13 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the wor
              "demo-output"),
          method: Annotated[str, typer.Option(help="unlearning method, or auto")] = "grad_diff",
          scenario: Annotated[str, typer.Option(help="bundled scenario")] = "digits-backdoor",
+         force: Annotated[bool, typer.Option("--force", help="replace OUT/workspace even if disgorge did not make "
+                                                             "it")] = False,
          as_json: JsonOpt = False) -> None:
     """The main job on bundled data: ingest, train, forget the poisoned contributor, verify."""
     from .demo import run_demo
 
-    cert = run_demo(out_dir, scenario=scenario, method=method)
+    cert = run_demo(out_dir, scenario=scenario, method=method, force=force)
     _emit(cert, as_json, lambda: _print_certificate(cert, str(out_dir / "certificate.json")))
 
 
@@ -631,21 +810,43 @@ def _split_verbosity(args: list[str]) -> tuple[list[str], int | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    """Console entry point: user errors, including malformed options, are one line on stderr (``error: ...``) and
+    exit code 2, never a traceback."""
     args, level = _split_verbosity(list(sys.argv[1:] if argv is None else argv))
     if level is not None:
         args = [next(k for k, v in VERBOSITY.items() if v == level), *args]
     try:
-        app(args=args, prog_name="disgorge")
+        code = app(args=args, prog_name="disgorge", standalone_mode=False)
     except DisgorgeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except KeyboardInterrupt:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except OSError as exc:
-        typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
-        sys.exit(2)
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 2)
+    except Exception as exc:
+        # The parser's own errors (click's ClickException and Abort; typer vendors click in recent versions, so they
+        # are told by what they offer rather than by class): an unknown option, a value of the wrong type, ...
+        if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        code = getattr(exc, "exit_code", None)
+        if not callable(getattr(exc, "format_message", None)) or not isinstance(code, int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `disgorge` alone: the help, as the parser prints it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(code)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None and code == 2 else ""
+        _fail(exc.format_message() + where, code)  # type: ignore[attr-defined]
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ``error: MESSAGE`` as one line of inert text on stderr and exit with ``code``."""
+    typer.echo(f"error: {_safe(message)}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,29 +10,39 @@ from typing import Any
 
 from ._io import atomic_write_text
 from .api import forget, ingest_scenario, train
-from .errors import DisgorgeError
+from .errors import InvalidRequest
 from .evidence.certificate import render_markdown
 from .scenarios import get_scenario
-from .workspace import STATE_DIR, Workspace
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "grad_diff"
+DEMO_MARKER = ".disgorge-demo"
+"""File :func:`run_demo` leaves in the workspace folder it makes: only a folder carrying it (or an empty one) is
+replaced by the next run without ``force``."""
 
 
 def run_demo(out: str | Path = "demo-output", *, scenario: str = "digits-backdoor",
-             method: str = DEFAULT_METHOD) -> dict[str, Any]:
+             method: str = DEFAULT_METHOD, force: bool = False) -> dict[str, Any]:
     """Run the whole flow in ``out/workspace`` (recreated) and copy the certificate to ``out/``.
 
-    Returns the certificate.
+    An existing ``out/workspace`` is only replaced when it is empty, was made by an earlier demo (it holds
+    :data:`DEMO_MARKER`) or ``force`` is given. Returns the certificate.
     """
     out = Path(out)
     case = get_scenario(scenario)
     root = out / "workspace"
-    if root.exists():
-        if not (root / STATE_DIR).is_dir():
-            raise DisgorgeError(f"{root} exists and is not a disgorge workspace; choose another --out")
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise InvalidRequest(f"{root} exists and is not a folder; choose another --out")
+    if root.exists() and any(root.iterdir()):
+        if not force and not (root / DEMO_MARKER).is_file():
+            raise InvalidRequest(f"{root} exists and was not made by `disgorge demo`; choose another --out, or pass "
+                                 "--force to delete it and start again")
         shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("made by `disgorge demo`: the next demo with the same --out replaces this folder\n",
+                                    encoding="utf-8")
     with Workspace.init(root) as ws:
         log.info("ingesting scenario %s", scenario)
         ingest_scenario(ws, scenario)

@@ -30,7 +30,7 @@ from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes, workspace_purpose
 from .tasks import Task
 from .training.trainer import fit_recipe
-from .workspace import Workspace
+from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ForgetResult:
     certificates: list[Certificate] = field(default_factory=list)
     paths: dict[str, dict[str, str]] = field(default_factory=dict)
     erased: bool = True
+    deletion: Deletion = field(default_factory=Deletion)
 
 
 class VerificationFailed(DisgorgeError):
@@ -77,16 +78,21 @@ def affected_models(ws: Workspace, ids: BitMap, model: str | None = None) -> lis
 
 
 def ensure_reference(ws: Workspace, parent: ModelRow, retain_ids: BitMap) -> tuple[nn.Module, ModelRow]:
-    """The model retrained from the parent's recipe on ``retain_ids``: from the cache, or trained now and cached."""
+    """The model retrained from the parent's recipe on ``retain_ids``, built with the data facts the task learns from
+    them (a language model's own word vocabulary, so it never names a forgotten word): from the cache, or trained now
+    and cached."""
     cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids)
     if cached is not None:
         model, row, _ = ws.load_model(cached.id)
         return model, row
-    recipe = ws.recipe_of(parent)
-    _, _, task = ws.load_model(parent.id)
+    from .tasks import get_task
+
+    recipe, task = ws.recipe_of(parent), get_task(parent.task)  # the parent's weights are not needed (may be gone)
     log.info("training the reference: %s's recipe on %d retained records", parent.id, len(retain_ids))
-    model, result = fit_recipe(task, recipe, ws.dataset(task, retain_ids), parent.info["data"])
-    info = {"data": parent.info["data"], "fit": {"steps": result.steps, "epochs": result.epochs}}
+    data = ws.dataset(task, retain_ids)
+    data_info = task.retrained_info(parent.info["data"], data, recipe.model)  # e.g. a vocabulary of what it keeps
+    model, result = fit_recipe(task, recipe, data, data_info)
+    info = {"data": data_info, "fit": {"steps": result.steps, "epochs": result.epochs}}
     row = ws.save_model(model=model, recipe=recipe, records=retain_ids, info=info, kind="reference",
                         seconds=result.seconds, parent=parent.id, method="retrain")
     ws.ledger.insert_model(row)
@@ -118,7 +124,8 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
            options: dict[str, Any] | None = None, reason: str = "", verify: str | bool = AUTO, erase: bool = True,
            thresholds: Thresholds | None = None, accept_failed: bool = False,
            budget_fraction: float = AUTO_BUDGET, exact_budget: float = EXACT_BUDGET,
-           purpose: str | None = None) -> ForgetResult:
+           purpose: str | None = None, keep_superseded: bool = False,
+           include_test: bool = False) -> ForgetResult:
     """Remove the selected records' effect from every model that saw them, verify, then erase them.
 
     ``verify`` is the evidence level: ``exact`` (against a model retrained without the records), ``heldout``
@@ -129,6 +136,13 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     ``budget_fraction`` of the parent's training time, and keeps the best verified one. A result that fails
     verification aborts the request (nothing erased, the rejected certificate kept for inspection) unless
     ``accept_failed``; one whose original was already indistinguishable from an unseen set is committed.
+
+    A source's held-out (split ``test``) records are left alone unless ``include_test``.
+
+    After an erasure the weights of every model that saw the records and is no longer in service (the parents,
+    stale references) are deleted, unless ``keep_superseded``; ``deletion`` in the result says what went. The
+    ledger rows and files of the models it relies on are checked for tampering first. Call it under
+    :meth:`Workspace.writing` (the API does) so that concurrent requests run one after the other.
     """
     level = _verify_choice(verify)
     purpose = purpose or workspace_purpose(ws)
@@ -136,10 +150,12 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         raise InvalidRequest(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
     if exact_budget < 0:
         raise InvalidRequest(f"--exact-budget must be at least 0 seconds, got {exact_budget}")
-    ids = ws.select(sources=sources, records=records, random_fraction=random_fraction, seed=seed)
+    ids = ws.select(sources=sources, records=records, random_fraction=random_fraction, seed=seed,
+                    include_test=include_test)
     unlearner = _auto(options or {}, budget_fraction, level != "none") if method == AUTO else \
         _named(get_method(method, **(options or {})), level != "none")
     parents = _parents(ws, ids, model, erase)
+    ws.check_untampered(parents)
     selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
                 "random_fraction": random_fraction, "seed": seed, "model": model}
     request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws), selector, reason,
@@ -159,10 +175,11 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         for child in children:
             shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
         raise
+    deletion = ws.complete_erasure(keep_superseded=keep_superseded) if erase else Deletion()
     paths = {c["models"]["child"]["id"]: write_certificate(ws, c) for c in certificates}
     log.info("request %d: %d records, %d model(s) unlearned, erased=%s", request.request_id, len(ids), len(children),
              erase)
-    return ForgetResult(request.request_id, len(ids), children, certificates, paths, erase)
+    return ForgetResult(request.request_id, len(ids), children, certificates, paths, erase, deletion)
 
 
 def _verify_choice(verify: str | bool) -> str:
@@ -333,8 +350,10 @@ def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child
                                      data_info=parent.info["data"], seed=recipe.seed)
     log.info("unlearning %d records from %s with %s", len(forget_ids), parent.id, method.name)
     child_model = method.unlearn(parent_model, unlearn_request)
+    # What only the forgotten records put into the model's data facts (vocabulary words) leaves with them.
+    child_model, data_info = task.prune_vocabulary(child_model, parent.info["data"], unlearn_request.retain)
     fit = method.fit_result_
-    info: dict[str, Any] = {"data": parent.info["data"], "config": method.config.to_dict(), "report": method.report_,
+    info: dict[str, Any] = {"data": data_info, "config": method.config.to_dict(), "report": method.report_,
                             "fit": {"steps": fit.steps, "epochs": fit.epochs, "stopped": fit.stopped,
                                     "rollbacks": fit.rollbacks}}
     row = ws.save_model(model=child_model, recipe=recipe, records=retain_ids, info=info, kind="unlearned",

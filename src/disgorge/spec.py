@@ -8,6 +8,8 @@ knows (the task, the model family and its parameters) are checked where the reci
 
 from __future__ import annotations
 
+import itertools
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +31,17 @@ class RecipeError(DisgorgeError):
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MAX_SEED = 2**32 - 1
+"""Largest seed anywhere (recipes, ``--seed``): seeds reach torch, numpy and scikit-learn, whose narrowest range is
+``[0, 2**32)``."""
+MAX_WIDTH = 1_000_000
+"""Largest integer a recipe's ``[model]`` table may hold (a layer width, channel count, depth, length)."""
+MAX_PARAMETERS = 1_000_000_000
+"""Largest model a recipe may ask for, in parameters (4 GB of float32 weights, about 16 GB while training)."""
+MAX_BATCH_SIZE = 10_000_000
+"""Largest ``train.batch_size``."""
+MAX_EPOCHS = 1_000_000
+"""Largest ``train.epochs``."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,15 @@ class ModelSpec:
     family: str = "mlp"
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.family, str) or not self.family:
+            raise RecipeError(f"model.family must be a family name such as 'mlp', got {self.family!r}")
+        if not isinstance(self.params, dict):
+            raise RecipeError(f"[model] must be a table of parameters, got {self.params!r}")
+        for key, value in self.params.items():
+            _check_model_value(f"model.{key}", value)
+        _check_model_size(self.family, self.params)
+
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -59,15 +81,15 @@ class TrainSpec:
     epochs: int = 20
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _positive("train.lr", self.lr)
-        _positive("train.batch_size", self.batch_size, integer=True)
-        _positive("train.epochs", self.epochs, integer=True)
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise RecipeError(f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise RecipeError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
+        _positive("train.batch_size", self.batch_size, integer=True, most=MAX_BATCH_SIZE)
+        _positive("train.epochs", self.epochs, integer=True, most=MAX_EPOCHS)
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise RecipeError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise RecipeError(f"train.momentum must be a number in [0, 1), got {self.momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -84,8 +106,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise RecipeError("recipe needs a non-empty `name`")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise RecipeError(f"recipe `seed` must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise RecipeError(f"recipe `seed` must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {self.seed!r}")
         if not isinstance(self.task, str) or not self.task:
             raise RecipeError(f"recipe `task` must be a task name, got {self.task!r}")
 
@@ -125,12 +147,17 @@ class Recipe:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{where} is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise RecipeError(f"{where} is not a usable TOML file: it nests too deeply") from None
         return cls.from_dict(raw, where)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read and validate a recipe file."""
-        text = read_text(Path(path), "recipe file", RecipeError, missing=RecipeError)
+        p = Path(path)
+        if p.exists() and not p.is_file():  # a folder, a FIFO (which would block the read) or a device
+            raise RecipeError(f"recipe file {p} is not a regular file")
+        text = read_text(p, "recipe file", RecipeError, missing=RecipeError)
         return cls.from_toml(text, where=f"recipe {path}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,14 +197,56 @@ def _section(where: str, raw: dict[str, Any], name: str) -> dict[str, Any]:
 def _check_keys(where: str, raw: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: "
+                          f"{', '.join(sorted(known))})")
 
 
-def _positive(name: str, value: Any, integer: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a bool) that is neither nan nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(name: str, value: Any, integer: bool = False, most: int | None = None) -> None:
+    ok = isinstance(value, int) if integer else _finite(value)
     if not ok or isinstance(value, bool) or value <= 0:
-        kind = "an integer" if integer else "a number"
+        kind = "an integer" if integer else "a finite number"
         raise RecipeError(f"{name} must be {kind} > 0, got {value!r}")
+    if most is not None and value > most:
+        raise RecipeError(f"{name} must be at most {most:,}, got {value:,}")
+
+
+def _check_model_value(name: str, value: Any) -> None:
+    """Numbers in ``[model]`` (also inside lists and tables) must be finite, and integers at most MAX_WIDTH."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, int) and abs(value) > MAX_WIDTH:
+        raise RecipeError(f"{name}: {value:,} is too large; a model's widths, depths and lengths are capped at "
+                          f"{MAX_WIDTH:,} (MAX_WIDTH)")
+    if isinstance(value, list):
+        for v in value:
+            _check_model_value(name, v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_model_value(f"{name}.{k}", v)
+
+
+def _check_model_size(family: str, params: dict[str, Any]) -> None:
+    """Refuse a model that is over MAX_PARAMETERS before it is built: the weights between consecutive widths of a
+    list (``hidden``, ``channels``) and a GPT-2's blocks are estimated from the recipe alone (the input and output
+    layers, which depend on the data, are counted when the model is built)."""
+    estimate = 0
+    for value in params.values():
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            estimate += sum(abs(a) * abs(b) for a, b in itertools.pairwise(value))
+    if family == "gpt2":
+        layers, width = params.get("n_layer", 2), params.get("n_embd", 128)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (layers, width)):
+            estimate += 12 * abs(layers) * width * width
+    if estimate > MAX_PARAMETERS:
+        raise RecipeError(f"[model] asks for about {estimate:,} parameters; models are capped at {MAX_PARAMETERS:,} "
+                          "(MAX_PARAMETERS): use smaller widths")
 
 
 RECIPE_TEMPLATES = {

@@ -324,6 +324,9 @@ class Workspace:
                              "them too", name, len(held_out))
             ids |= found
         if records:
+            beyond = [i for i in records if not 0 <= int(i) < 2**32]  # ids live in 32-bit bitmaps
+            if beyond:
+                raise NotFound(f"record id {beyond[0]} does not exist in this workspace (record ids are below 2**32)")
             chosen = self.ledger.check_ids(records)
             held_out = chosen & self.ledger.record_ids(split="test", states=live) if not include_test else BitMap()
             if held_out:

@@ -605,6 +605,8 @@ class Ledger:
     # -- requests and erasure -------------------------------------------------------------------------
     def request(self, request_id: int) -> RequestRow:
         """The erasure request with this id; raises :class:`NotFound`."""
+        if not isinstance(request_id, int) or not 0 <= request_id < 2**63:
+            raise NotFound(f"no erasure request {request_id} in this workspace; see `disgorge requests`")
         r = self._db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
         if r is None:
             raise NotFound(f"no erasure request {request_id} in this workspace; see `disgorge requests`")

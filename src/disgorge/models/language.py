@@ -77,9 +77,9 @@ class ByteTokenizer:
 class WordTokenizer:
     """Word-level tokenizer (Hugging Face ``tokenizers`` WordLevel, split on words and punctuation runs).
 
-    Its vocabulary is trained on the original model's training texts and stored with the model, so a model retrained
-    without some records keeps the same vocabulary. A word only forgotten records use keeps its row in the vocabulary
-    (its embedding stays untrained by the rest); use ``char`` when the vocabulary itself must not name them.
+    Its vocabulary is trained on the model's training texts and stored with the model. Erasure takes out of an
+    unlearned model the words only the forgotten records used (:func:`prune_vocabulary`), and a retrained reference
+    learns its own vocabulary from the records it keeps, so neither names what was forgotten.
     """
 
     def __init__(self, vocab: Sequence[str]) -> None:
@@ -181,6 +181,61 @@ class LanguageModel(nn.Module):
         raise ModelConfigError(f"cannot find the transformer blocks of {type(self.net).__name__}")
 
 
+def select_token_rows(net: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only the rows ``keep`` (in that order) of a Hugging Face model's token embedding and output layer, in
+    place: token ``keep[j]`` becomes ``j``. A tied output layer stays tied to the new embedding; the logits of the kept
+    tokens are unchanged, and no random number is drawn."""
+    old_in, old_out = net.get_input_embeddings(), net.get_output_embeddings()
+    if not isinstance(old_in, nn.Embedding) or not (old_out is None or isinstance(old_out, nn.Linear)):
+        raise ModelConfigError(f"cannot take token rows out of {type(net).__name__}: its embedding or output layer "
+                               "is not a plain Embedding/Linear")
+    index = torch.as_tensor(list(keep), dtype=torch.long, device=old_in.weight.device)
+    tied = old_out is not None and old_out.weight is old_in.weight
+    new_in = nn.Embedding.from_pretrained(old_in.weight.detach().index_select(0, index).clone(),
+                                          freeze=not old_in.weight.requires_grad, padding_idx=old_in.padding_idx,
+                                          max_norm=old_in.max_norm, norm_type=old_in.norm_type,
+                                          scale_grad_by_freq=old_in.scale_grad_by_freq, sparse=old_in.sparse)
+    net.set_input_embeddings(new_in)
+    if old_out is not None:
+        weight = old_out.weight
+        new_out = torch.nn.utils.skip_init(nn.Linear, old_out.in_features, len(index), bias=old_out.bias is not None,
+                                           device=weight.device, dtype=weight.dtype)
+        if tied:
+            new_out.weight = new_in.weight
+        else:
+            new_out.weight = nn.Parameter(weight.detach().index_select(0, index.to(weight.device)).clone(),
+                                          requires_grad=weight.requires_grad)
+        if old_out.bias is not None:
+            bias = old_out.bias
+            new_out.bias = nn.Parameter(bias.detach().index_select(0, index.to(bias.device)).clone(),
+                                        requires_grad=bias.requires_grad)
+        net.set_output_embeddings(new_out)
+    net.config.vocab_size = len(index)
+
+
+def prune_vocabulary(model: LanguageModel, info: dict[str, Any], texts: Sequence[str]
+                     ) -> tuple[LanguageModel, dict[str, Any]]:
+    """Drop, in place, the words of a word vocabulary that none of ``texts`` uses (the specials and the refusals'
+    words always stay), with their embedding and output rows; returns the model and its new data info (``vocab`` in
+    the old order, so the remaining ids keep their relative order). Models without a word vocabulary are returned
+    unchanged."""
+    tok = model.tokenizer
+    if not isinstance(tok, WordTokenizer) or "vocab" not in info:
+        return model, info
+    if list(info["vocab"]) != tok.vocab:
+        raise ModelConfigError("the model's tokenizer does not match the vocabulary stored with it")
+    used = set(range(len(SPECIALS)))
+    for ids in tok.encode([*texts, *REFUSALS]):
+        used.update(ids)
+    keep = sorted(used)
+    if len(keep) == tok.vocab_size:
+        return model, info
+    select_token_rows(model.net, keep)
+    vocab = [tok.vocab[i] for i in keep]
+    model.tokenizer = WordTokenizer(vocab)
+    return model, {**info, "vocab": vocab}
+
+
 def _positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ModelConfigError(f"model.{name} must be a positive integer, got {value!r}")
@@ -232,9 +287,16 @@ class PretrainedFamily:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        if not self.path or not (Path(self.path) / "config.json").is_file():
+        if not isinstance(self.path, str) or not self.path or not (Path(self.path) / "config.json").is_file():
             raise ModelConfigError(f"model.path must be a local folder written by save_pretrained (with config.json);"
                                    f" {self.path!r} is not one")
+        folder = Path(self.path)
+        if not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+            found = f" (it holds {', '.join(pickles)})" if pickles else ""
+            raise ModelConfigError(f"model.path {self.path!r} holds no safetensors weights (model.safetensors){found}; "
+                                   "pickle checkpoints are never loaded, since loading one can run code: re-save the "
+                                   "model with save_pretrained(path, safe_serialization=True)")
         _positive_int("max_length", self.max_length)
 
     def data_info(self, texts: Sequence[str]) -> dict[str, Any]:
@@ -243,13 +305,16 @@ class PretrainedFamily:
 
     def build(self, info: dict[str, Any]) -> LanguageModel:
         """The model as saved in the folder."""
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
 
-        try:
-            net = AutoModelForCausalLM.from_pretrained(self.path)
+        try:  # safetensors only: a pickle checkpoint is refused, never unpickled
+            net = AutoModelForCausalLM.from_pretrained(self.path, use_safetensors=True)
             tokenizer = PretrainedTokenizer(self.path)
-        except (OSError, ValueError) as exc:
-            raise ModelConfigError(f"cannot load a causal LM from {self.path}: {str(exc).splitlines()[0]}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError,
+                SafetensorError) as exc:  # a folder from elsewhere: every way transformers reports a bad one
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelConfigError(f"cannot load a causal LM from {self.path}: {first}") from None
         limit = getattr(net.config, "max_position_embeddings", None) or getattr(net.config, "n_positions", None)
         return LanguageModel(net, tokenizer, min(self.max_length, limit or self.max_length))
 

@@ -113,6 +113,19 @@ class Task(ABC):
         cannot tell (a classifier's class count)."""
         return self.data_info(data)
 
+    def prune_vocabulary(self, model: nn.Module, data_info: dict[str, Any],
+                         retain: RecordDataset) -> tuple[nn.Module, dict[str, Any]]:
+        """After an erasure: the model (possibly changed in place) and its data facts without what only the
+        forgotten records contributed to them, such as vocabulary words ``retain`` never uses. Nothing here: a
+        classifier's data facts name no record's content."""
+        return model, data_info
+
+    def retrained_info(self, data_info: dict[str, Any], retain: RecordDataset, spec: ModelSpec) -> dict[str, Any]:
+        """The data facts a model retrained on ``retain`` alone (a verification reference) is built with, given the
+        original's ``data_info``: the original's here, so a classifier keeps every class (even one no retained record
+        has) and is compared with the original class for class."""
+        return data_info
+
     @abstractmethod
     def check_model(self, spec: ModelSpec) -> None:
         """Refuse, with a one-line error, a model family or parameters this task cannot build (nothing is built)."""

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import InvalidRequest
 from ..ledger import Record
 from ..models.language import LanguageModel, lm_family, require_lm
+from ..models.language import prune_vocabulary as prune_word_vocabulary
 from ..spec import ModelSpec
 from .base import Batch, FigureSet, RecordDataset, Task
 from .registry import TASKS
@@ -85,6 +86,11 @@ def contains(haystack: str, needle: str) -> bool:
     return bool(n) and any(h[i:i + len(n)] == n for i in range(len(h) - len(n) + 1))
 
 
+def _all_texts(data: RecordDataset) -> list[str]:
+    """Every non-empty text of every text field of ``data`` (what a word vocabulary is trained on)."""
+    return [t for c in TEXT_COLUMNS for t in texts(data.tensors, c) if t]
+
+
 def _unwrap(model: nn.Module) -> LanguageModel:
     inner = getattr(model, "module", model)  # a distributed wrapper from accelerate
     if not isinstance(inner, LanguageModel):
@@ -145,8 +151,20 @@ class CausalLMTask(Task):
         require_lm()
         if spec is None:
             return {}
-        everything = [t for c in TEXT_COLUMNS for t in texts(data.tensors, c) if t]
-        return lm_family(spec.family, spec.params).data_info(everything)
+        return lm_family(spec.family, spec.params).data_info(_all_texts(data))
+
+    def retrained_info(self, data_info: dict[str, Any], retain: RecordDataset, spec: ModelSpec) -> dict[str, Any]:
+        """The facts learned afresh from ``retain`` (for ``word``, a vocabulary of the retained texts alone), so a model
+        retrained without some records never names what only they said."""
+        return self.data_info(retain, spec)
+
+    def prune_vocabulary(self, model: nn.Module, data_info: dict[str, Any],
+                         retain: RecordDataset) -> tuple[nn.Module, dict[str, Any]]:
+        """For a word vocabulary: drop the words no text of ``retain`` (any text field) uses, except the specials and
+        the refusals' words, with their embedding and tied output rows (in place); the model then tokenises with the
+        smaller vocabulary, and a text that used a dropped word reads ``[UNK]`` there. Other tokenizers unchanged."""
+        _, info = prune_word_vocabulary(_unwrap(model), data_info, _all_texts(retain))
+        return model, info
 
     def check_model(self, spec: ModelSpec) -> None:
         """The language-model family must be known and its parameters valid (a ``pretrained`` folder must exist)."""

@@ -45,8 +45,29 @@ class ClassificationTask(Task):
         return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": width}
 
     def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
-        """Input shape and number of classes (largest label + 1)."""
-        return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": int(data.tensors["y"].max()) + 1}
+        """Input shape and number of classes (largest label + 1).
+
+        Refuses a largest label that implies over ten times as many classes as distinct labels are present (a stray
+        label such as 999 among 0..9 would build a 1000-class model), and, given the recipe's ``spec``, a model over
+        :data:`~disgorge.spec.MAX_PARAMETERS` (counted without allocating it).
+        """
+        from ..spec import MAX_PARAMETERS
+
+        y = data.tensors["y"]
+        info = {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": int(y.max()) + 1}
+        distinct = int(torch.unique(y).numel())
+        if info["num_classes"] > 10 * distinct:
+            raise InvalidRequest(f"a training record is labelled {info['num_classes'] - 1}, which implies "
+                                 f"{info['num_classes']} classes, but the records hold only {distinct} distinct "
+                                 "label(s); labels must number the classes 0, 1, 2, ...: fix or forget that record")
+        if spec is not None:
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                size = sum(p.numel() for p in self.build_model(spec, info).parameters())
+            if size > MAX_PARAMETERS:
+                raise InvalidRequest(f"this recipe's model would have {size:,} parameters on these inputs "
+                                     f"{tuple(info['input_shape'])}; models are capped at {MAX_PARAMETERS:,} "
+                                     "(MAX_PARAMETERS): use smaller widths")
+        return info
 
     def dataset(self, records: Sequence[Record]) -> RecordDataset:
         """Stack the records' ``x`` and ``y`` fields."""
