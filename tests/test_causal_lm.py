@@ -245,7 +245,7 @@ def test_unusable_pretrained_folder_is_a_one_line_config_error(tmp_path):
     net = _save_hf_folder(tmp_path / "full")
     no_weights.mkdir()
     net.config.to_json_file(no_weights / "config.json")
-    with pytest.raises(ModelConfigError, match="cannot load a causal LM") as info:
+    with pytest.raises(ModelConfigError, match="no safetensors weights") as info:
         task.build_model(ModelSpec("pretrained", {"path": str(no_weights)}), {})
     assert "\n" not in str(info.value)
 

@@ -284,3 +284,38 @@ def test_erased_content_is_refused_in_another_container_or_slightly_edited(backd
     fresh = tmp_path / "fresh.npz"
     np.savez(fresh, x=np.stack([r.fields["x"] for r in other[:5]]) * 0.5 + 3.0, y=np.arange(5))
     assert len(api.ingest_file(ws, fresh, source="newcomer", license="CC0-1.0").added) == 5
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from disgorge.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_doctor_retire_and_purge_commands(backdoor_ws, trained_id, capsys):
+    ws = backdoor_ws
+    root = str(ws.root)
+    code, out, _ = _cli(["doctor", "--json", "-w", root], capsys)
+    assert code == 0 and json.loads(out)["ok"] is True
+    with ws.ledger.transaction() as db:
+        db.execute("UPDATE models SET seconds=0.001 WHERE id=?", (trained_id,))  # an edit outside disgorge
+    code, out, _ = _cli(["doctor", "--json", "-w", root], capsys)
+    report = json.loads(out)
+    assert code == 1 and not report["checks"]["chain"]["ok"] and report["checks"]["models"]["ok"]
+    code, _, err = _cli(["forget", "--source", "contributor-07", "--no-verify", "-w", root], capsys)
+    assert code == 2 and err.count("\n") == 1 and "edited outside disgorge" in err
+    code, out, _ = _cli(["doctor", "--repair", "-w", root], capsys)
+    assert code == 1 and "chain" in out  # tampering is reported, never repaired
+    code, out, _ = _cli(["retire", trained_id, "--json", "-w", root], capsys)
+    assert code == 0 and json.loads(out)["status"] == "retired"
+    code, out, _ = _cli(["models", "--all", "--json", "-w", root], capsys)
+    (row,) = [m for m in json.loads(out) if m["model"] == trained_id]
+    assert row["status"] == "retired" and row["weights_deleted_at"]
+    code, out, _ = _cli(["purge", "--json", "-w", root], capsys)
+    assert code == 0 and json.loads(out)["purged"] == []

@@ -218,13 +218,16 @@ def status(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> Non
         out.print(_table("records", "total", "train", "test",
                          rows=[(k, v["total"], v.get("train", 0), v.get("test", 0))
                                for k, v in data["records"].items()]))
-        out.print(_table("models", "total", "active", "superseded",
-                         rows=[(k, v["total"], v.get("active", 0), v.get("superseded", 0))
-                               for k, v in data["models"].items()]))
+        out.print(_table("models", "total", "active", "superseded", "retired", "weights deleted",
+                         rows=[(k, v["total"], v.get("active", 0), v.get("superseded", 0), v.get("retired", 0),
+                                v.get("weights_deleted", 0)) for k, v in data["models"].items()]))
         req = data["requests"]
         pending = ", ".join(map(str, data["pending_erasures"])) or "none"
         out.print(f"requests: {req['total']} ({req['erased']} erased, {req['held']} held); pending erasures: "
                   f"{pending}; tombstones: {data['tombstones']}; disk: {data['disk_bytes'] / 2**20:.1f} MiB")
+        if data["deletion_pending"]:
+            out.print("erased bytes await a checkpoint (a reader held the ledger open); the next command that "
+                      "writes finishes it, or run `disgorge doctor --repair`")
 
     _emit(data, as_json, show)
 

@@ -459,19 +459,23 @@ class Workspace:
         records = self.ledger.record_counts()
         models: dict[str, dict[str, int]] = {}
         for m in self.ledger.models():
-            models.setdefault(m.kind, {}).setdefault(m.status, 0)
-            models[m.kind][m.status] += 1
+            by = models.setdefault(m.kind, {})
+            by[m.status] = by.get(m.status, 0) + 1
+            if m.weights_deleted_at is not None:
+                by["weights_deleted"] = by.get("weights_deleted", 0) + 1
         requests = self.ledger.requests()
         disk = sum(f.stat().st_size for folder in (self.root / STATE_DIR, self.models_dir, self.reports_dir)
                    for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
         return {"workspace": str(self.root), "schema": self.ledger.schema_version, "scenario": self.scenario,
                 "sources": len(self.ledger.sources()),
                 "records": {state: {"total": sum(by.values()), **by} for state, by in sorted(records.items())},
-                "models": {kind: {"total": sum(by.values()), **by} for kind, by in sorted(models.items())},
+                "models": {kind: {"total": sum(v for k, v in by.items() if k != "weights_deleted"), **by}
+                           for kind, by in sorted(models.items())},
                 "requests": {"total": len(requests), "held": sum(r.status == "held" for r in requests),
                              "erased": sum(r.status == "erased" for r in requests)},
                 "pending_erasures": [r.id for r in requests if r.status == "held"],
-                "tombstones": self.ledger.tombstone_count(), "disk_bytes": disk}
+                "tombstones": self.ledger.tombstone_count(), "disk_bytes": disk,
+                "deletion_pending": self.ledger.checkpoint_pending}
 
     def report_dir(self, request_id: int, *parts: str) -> Path:
         """Folder of an erasure request's reports (or a path inside it), checked to contain no symbolic link."""
