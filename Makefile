@@ -31,6 +31,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	rm -rf benchmarks/results
 	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md
+	$(PY) benchmarks/reliability.py --out benchmarks/results --report BENCHMARKS.md
 
 # Rewrites src/disgorge/methods/catalogue.json (what `disgorge methods` reads without importing torch) after a
 # method or its options change; tests/test_methods.py fails until it is rewritten.

@@ -152,7 +152,7 @@ def test_init_ingest_recipe_train_models_sources(tmp_path: Path) -> None:
 def test_forget_source_removes_backdoor_and_erases(ws_copy: tuple[Path, str]) -> None:
     """forget --source contributor-07 removes the backdoor, certifies it, supersedes the parent, erases."""
     root, parent = ws_copy
-    proc = ok(run("forget", "--source", WITHDRAWN, "-w", root))
+    proc = ok(run("forget", "--source", WITHDRAWN, "--verify", "exact", "-w", root))
     m = FORGOT.search(proc.stdout)
     assert m, proc.stdout
     request, n, n_models, method, was, child = m.groups()

@@ -22,7 +22,7 @@ def _state(ws):
 def test_forget_source_removes_backdoor_and_erases(backdoor_ws, trained_id):
     """Forgetting the poisoning contributor: ASR falls to the retrained level, TA holds, data is erased."""
     ws = backdoor_ws
-    result = forget(ws, sources=["contributor-07"], method="grad_diff", reason="poisoned")
+    result = forget(ws, sources=["contributor-07"], method="grad_diff", reason="poisoned", verify="exact")
     assert result.records == 72 and result.erased
     (child,) = result.children
     (cert,) = result.certificates
@@ -59,7 +59,7 @@ def test_forget_source_removes_backdoor_and_erases(backdoor_ws, trained_id):
 
 def test_verify_after_erasure_returns_recorded_certificate(backdoor_ws):
     """Once records are erased, verify re-checks the weights and returns what was measured before erasure."""
-    result = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff")
+    result = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff", verify="exact")
     child = result.children[0].id
     assert verify(backdoor_ws, child) == json.loads(json.dumps(result.certificates[0]))
     path = backdoor_ws.model_dir(child) / "model.safetensors"
@@ -72,7 +72,7 @@ def test_verify_after_erasure_returns_recorded_certificate(backdoor_ws):
 def test_deferred_erase_lets_verify_recompute(backdoor_ws):
     """With erase deferred, verify recomputes the same figures; `erase` then deletes the held payloads."""
     ws = backdoor_ws
-    result = forget(ws, sources=["contributor-07"], method="grad_diff", erase=False)
+    result = forget(ws, sources=["contributor-07"], method="grad_diff", erase=False, verify="exact")
     assert ws.ledger.count_records().get("held") == 72 and ws.ledger.tombstone_count() == 0
     again = verify(ws, result.children[0].id)
     assert again["metrics"] == json.loads(json.dumps(result.certificates[0]["metrics"]))
