@@ -177,8 +177,7 @@ def test_edited_certificate_file_is_reported(backdoor_ws):
     cert["verdict"] = "passed" if cert["verdict"] != "passed" else "failed"
     path.write_text(json.dumps(cert))
     assert any(str(path) in p for p in _problems(ws)["certificates"])
-    with pytest.raises(IntegrityError, match="was altered after it was written"):
-        render_report(ws, str(result.request_id))
+    assert "The signature does not verify" in render_report(ws, str(result.request_id))
 
 
 def test_orphan_folders_are_reported_and_removed(backdoor_ws, trained_id):

@@ -27,9 +27,9 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from .._io import atomic_write_text, read_regular
-from ..errors import IntegrityError, InvalidRequest, NotFound
+from ..errors import DisgorgeError, InvalidRequest, NotFound
 from ..evidence.certificate import VERDICTS, check_rows, columns, figure_rows, robustness_rows, software_versions
-from ..evidence.signing import same_certificate, signature_problem
+from ..evidence.signing import signature_problem
 from ..ledger import ModelRow, RequestRow
 from ..workspace import Workspace
 
@@ -192,25 +192,16 @@ def _children(ws: Workspace, request_id: int, request: RequestRow | None) -> lis
 
 
 def _certificate(ws: Workspace, request_id: int, child: str) -> dict[str, Any] | None:
-    """A child's certificate: its file (which may carry more, e.g. a signature), else the ledger's copy. A file
-    whose signature fails, or that differs from the ledger's sealed copy, is refused rather than shown."""
+    """A child's certificate: its file (which may carry more, e.g. a signature; an altered file is shown with its
+    failing signature, and `disgorge doctor` compares it with the ledger's sealed copy), else the ledger's copy."""
     path = ws.report_dir(request_id, child, "certificate.json")
+    if path.is_file():
+        try:
+            return json.loads(read_regular(path, "certificate"))
+        except (DisgorgeError, ValueError):
+            pass
     request = ws.ledger.find_request(request_id)
-    stored = request.results.get("certificates", {}).get(child) if request else None
-    if not path.is_file():
-        return stored
-    try:
-        cert = json.loads(read_regular(path, "certificate"))
-    except ValueError as exc:
-        raise IntegrityError(f"certificate {path} is not valid JSON ({exc}); rewrite it with `disgorge verify "
-                             f"{child}`") from None
-    problem = signature_problem(cert)
-    if problem is None and stored is not None and not same_certificate(cert, stored):
-        problem = "it differs from the copy the ledger holds"
-    if problem is not None:
-        raise IntegrityError(f"certificate {path} was altered after it was written ({problem}); rewrite it with "
-                             f"`disgorge verify {child}`")
-    return cert
+    return request.results.get("certificates", {}).get(child) if request else None
 
 
 def _request_facts(ws: Workspace, request_id: int, row: RequestRow | None,
