@@ -28,6 +28,8 @@ STATES = ("active", "held", "erased")
 MODEL_STATUSES = ("active", "superseded", "retired")
 CHAIN_KINDS = {"model": "models", "request": "requests"}
 """What the HMAC chain seals: a kind of ledger row and its table."""
+BUSY_TIMEOUT_MS = 30_000
+"""How long a statement waits for another connection's lock (writers are serialised by the workspace lock)."""
 CHECKPOINT_PENDING = "checkpoint_pending"
 """Meta key set while erased bytes may still sit in the database file or its WAL (a checkpoint was blocked)."""
 
@@ -126,7 +128,7 @@ class Ledger:
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = Path(path)
         self._key = key
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -192,7 +194,11 @@ class Ledger:
         database file's old pages are overwritten. Returns whether it completed; a reader holding an old snapshot
         blocks it, and then :data:`CHECKPOINT_PENDING` stays set for a later command to finish."""
         for attempt in range(attempts):
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._db.execute("PRAGMA busy_timeout=250")  # a reader may hold its snapshot for hours: do not wait 30 s
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if not busy:
                 if self.get_meta(CHECKPOINT_PENDING) is not None:
                     with self.transaction() as db:
