@@ -187,12 +187,9 @@ class Workspace:
     def remove_orphans(self) -> list[str]:
         """Delete model folders that no ledger row names (left by a command killed between writing a model and
         committing it); only safe under :meth:`writing`, when no other command is mid-write."""
-        known = {m.id for m in self.ledger.models()}
-        removed = []
-        for folder in [*self.models_dir.glob(".tmp-*"), *store.model_folders(self.models_dir)]:
-            if folder.name not in known:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder.name)
+        removed = self.orphans()
+        for name in removed:
+            shutil.rmtree(self.models_dir / name, ignore_errors=True)
         if removed:
             log.info("removed %d model folder(s) never committed: %s", len(removed), ", ".join(removed))
         return removed
