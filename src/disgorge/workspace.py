@@ -143,7 +143,6 @@ class Workspace:
         ws = cls(root, Ledger(db, key))
         ws.models_dir.mkdir(exist_ok=True)
         ws.reports_dir.mkdir(exist_ok=True)
-        store.remove_orphans(ws.models_dir)
         return ws
 
     def close(self) -> None:

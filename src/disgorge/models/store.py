@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,18 +73,6 @@ def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[
         return st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise IntegrityError(f"model {model_id}: weights file {path} is not valid safetensors ({exc})") from None
-
-
-def remove_orphans(models_dir: Path, older_than: float = 3600.0) -> None:
-    """Delete temp folders left by a crash mid-write (never committed). Only old ones: a younger one may belong to
-    another process writing right now."""
-    now = time.time()
-    for tmp in models_dir.glob(".tmp-*"):
-        try:
-            if now - tmp.stat().st_mtime > older_than:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except FileNotFoundError:
-            continue
 
 
 def delete_weights(models_dir: Path, model_id: str, content_keys: tuple[str, ...] = ()) -> None:
