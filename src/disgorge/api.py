@@ -123,6 +123,7 @@ def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
     info = {"data": task.data_info(data, recipe.model)}
     model, result = fit_recipe(task, recipe, data, info["data"])
     info["fit"] = {"steps": result.steps, "epochs": result.epochs, "final_loss": result.losses[-1]}
+    info.update(result.info)
     info["accuracy"] = _accuracy(ws, task, model, data)
     row = ws.save_model(model=model, recipe=recipe, records=ids, info=info, kind="trained", seconds=result.seconds,
                         metrics=info["accuracy"])

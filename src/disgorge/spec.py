@@ -92,6 +92,61 @@ class TrainSpec:
             raise RecipeError(f"train.momentum must be a number in [0, 1), got {self.momentum!r}")
 
 
+AGGREGATES = ("mean_proba", "vote")
+SHARD_BY = ("record", "source")
+MAX_SHARDS = 1024
+MAX_SLICES = 1000
+
+
+@dataclass(frozen=True)
+class ShardingSpec:
+    """SISA training (Bourtoule et al., 2021): ``shards`` models trained in isolation on disjoint parts of the data,
+    each over ``slices`` stages that add a part at a time and keep a checkpoint, so that a removal retrains only the
+    shards that held the records, from the last checkpoint before the first of them. ``by = "source"`` keeps a
+    source's records in one shard; ``aggregate`` combines the shards' predictions (``mean_proba``: the mean of their
+    probabilities, for language models too; ``vote``: majority vote, classifiers only). ``adapter_rank > 0`` makes
+    each shard a LoRA adapter of that rank over the recipe's frozen pretrained network."""
+
+    shards: int = 1
+    slices: int = 1
+    by: str = "record"
+    aggregate: str = "mean_proba"
+    adapter_rank: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("sharding.shards", self.shards, integer=True, most=MAX_SHARDS)
+        _positive("sharding.slices", self.slices, integer=True, most=MAX_SLICES)
+        if self.by not in SHARD_BY:
+            raise RecipeError(f"sharding.by must be one of {', '.join(SHARD_BY)}, got {self.by!r}")
+        if self.aggregate not in AGGREGATES:
+            raise RecipeError(f"sharding.aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if not isinstance(self.adapter_rank, int) or isinstance(self.adapter_rank, bool) or \
+                not 0 <= self.adapter_rank <= 1024:
+            raise RecipeError(f"sharding.adapter_rank must be an integer from 0 (whole networks) to 1024, got "
+                              f"{self.adapter_rank!r}")
+
+    def epochs_per_slice(self, epochs: int) -> int:
+        """Epochs of each slice stage: SISA's ``2e / (L + 1)``, so that a shard sees about as many examples over its
+        ``L`` growing stages as ``e`` epochs over its whole data (at least one)."""
+        return max(1, round(2 * epochs / (self.slices + 1)))
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """Differentially private training (DP-SGD through opacus): the accountant's target ``epsilon`` at ``delta``,
+    with each example's gradient clipped to ``max_grad_norm``."""
+
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("privacy.epsilon", self.epsilon)
+        _positive("privacy.max_grad_norm", self.max_grad_norm)
+        if not _finite(self.delta) or not 0 < self.delta < 1:
+            raise RecipeError(f"privacy.delta must be a number in (0, 1), got {self.delta!r}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that determines a training run; the same recipe on the same ledger gives the same weights."""
@@ -102,6 +157,8 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    sharding: ShardingSpec | None = None
+    privacy: PrivacySpec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -110,13 +167,16 @@ class Recipe:
             raise RecipeError(f"recipe `seed` must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {self.seed!r}")
         if not isinstance(self.task, str) or not self.task:
             raise RecipeError(f"recipe `task` must be a task name, got {self.task!r}")
+        if self.sharded and self.privacy is not None:
+            raise RecipeError("a recipe takes [sharding] or [privacy], not both yet: sharded removals are already "
+                              "exact; drop one of the two tables")
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "recipe") -> Recipe:
         """Build and validate a recipe from parsed TOML."""
         raw = dict(raw)
-        _check_keys(where, raw, {"name", "task", "seed", "data", "model", "train"})
+        _check_keys(where, raw, {"name", "task", "seed", "data", "model", "train", "sharding", "privacy"})
         data = _section(where, raw, "data")
         _check_keys(f"{where} [data]", data, {f.name for f in fields(DataSpec)})
         for k in ("sources", "exclude_sources"):
@@ -126,6 +186,12 @@ class Recipe:
         family = model.pop("family", "mlp")
         train = _section(where, raw, "train")
         _check_keys(f"{where} [train]", train, {f.name for f in fields(TrainSpec)})
+        optional = {}
+        for name, spec in (("sharding", ShardingSpec), ("privacy", PrivacySpec)):
+            if name in raw:
+                table = _section(where, raw, name)
+                _check_keys(f"{where} [{name}]", table, {f.name for f in fields(spec)})
+                optional[name] = table
         try:
             return cls(
                 name=raw.get("name", ""),
@@ -134,6 +200,8 @@ class Recipe:
                 data=DataSpec(**{k: tuple(v) for k, v in data.items()}),
                 model=ModelSpec(family=family, params=model),
                 train=TrainSpec(**train),
+                sharding=ShardingSpec(**optional["sharding"]) if "sharding" in optional else None,
+                privacy=PrivacySpec(**optional["privacy"]) if "privacy" in optional else None,
             )
         except RecipeError as exc:
             raise RecipeError(f"{where}: {exc}") from None
@@ -165,7 +233,17 @@ class Recipe:
         d = asdict(self)
         d["data"] = {k: list(v) for k, v in d["data"].items()}
         d["model"] = {"family": self.model.family, **self.model.params}
+        for name in ("sharding", "privacy"):  # absent tables stay absent, so older recipes keep their sha256
+            if d[name] is None:
+                del d[name]
         return d
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the recipe trains SISA shards (a ``[sharding]`` table with more than one shard or slice, or
+        adapters)."""
+        s = self.sharding
+        return s is not None and (s.shards > 1 or s.slices > 1 or s.adapter_rank > 0)
 
     def to_toml(self) -> str:
         """Canonical TOML text (sorted keys, so equal recipes give equal text)."""

@@ -48,6 +48,7 @@ class FitResult:
     stopped: str = "done"
     losses: list[float] = field(default_factory=list)
     rollbacks: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # facts the model row keeps (privacy spent, shard layout)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: TrainSpec, lr: float | None = None) -> torch.optim.Optimizer:
