@@ -126,7 +126,7 @@ def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
     info.update(result.info)
     info["accuracy"] = _accuracy(ws, task, model, data)
     row = ws.save_model(model=model, recipe=recipe, records=ids, info=info, kind="trained", seconds=result.seconds,
-                        metrics=info["accuracy"])
+                        metrics=info["accuracy"], files=result.files)
     ws.ledger.insert_model(row)
     log.info("trained %s on %d records in %.1fs", row.id, len(ids), result.seconds)
     return row

@@ -21,7 +21,7 @@ from typing import Any
 from pyroaring import BitMap
 from torch import nn
 
-from .errors import DisgorgeError, InvalidRequest
+from .errors import DisgorgeError, IntegrityError, InvalidRequest
 from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe
@@ -29,12 +29,15 @@ from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes, workspace_purpose
 from .tasks import Task
+from .training.sharding import Layout, ShardRun, retrain_sharded
 from .training.trainer import fit_recipe
 from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+SISA = "sisa"
+"""The method of a sharded model's removals: retrain the affected shards (exact)."""
 AUTO_BUDGET = 0.5  # each candidate of --method auto may take this share of the original training time
 AUTO_OPTIONS = ("max_steps", "max_seconds", "max_retain_drop")  # the options auto passes to every candidate
 EXACT_BUDGET = 60.0
@@ -92,9 +95,9 @@ def ensure_reference(ws: Workspace, parent: ModelRow, retain_ids: BitMap) -> tup
     data = ws.dataset(task, retain_ids)
     data_info = task.retrained_info(parent.info["data"], data, recipe.model)  # e.g. a vocabulary of what it keeps
     model, result = fit_recipe(task, recipe, data, data_info)
-    info = {"data": data_info, "fit": {"steps": result.steps, "epochs": result.epochs}}
+    info = {"data": data_info, "fit": {"steps": result.steps, "epochs": result.epochs}, **result.info}
     row = ws.save_model(model=model, recipe=recipe, records=retain_ids, info=info, kind="reference",
-                        seconds=result.seconds, parent=parent.id, method="retrain")
+                        seconds=result.seconds, parent=parent.id, method="retrain", files=result.files)
     ws.ledger.insert_model(row)
     return model, row
 
@@ -152,9 +155,14 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         raise InvalidRequest(f"--exact-budget must be at least 0 seconds, got {exact_budget}")
     ids = ws.select(sources=sources, records=records, random_fraction=random_fraction, seed=seed,
                     include_test=include_test)
-    unlearner = _auto(options or {}, budget_fraction, level != "none") if method == AUTO else \
-        _named(get_method(method, **(options or {})), level != "none")
+    if method == SISA:
+        unlearner = _sisa(level != "none")
+    elif method == AUTO:
+        unlearner = _auto(options or {}, budget_fraction, level != "none")
+    else:
+        unlearner = _named(get_method(method, **(options or {})), level != "none")
     parents = _parents(ws, ids, model, erase)
+    _check_sisa(ws, parents, method)
     ws.check_untampered(parents)
     selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
                 "random_fraction": random_fraction, "seed": seed, "model": model}
@@ -164,7 +172,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     certificates: list[Certificate] = []
     try:
         for parent in parents:
-            child, cert = unlearner(request, parent)
+            child, cert = (_sisa(level != "none") if sharded(ws, parent) else unlearner)(request, parent)
             children.append(child)
             if cert is not None:
                 certificates.append(cert)
@@ -206,6 +214,24 @@ def _parents(ws: Workspace, ids: BitMap, model: str | None, erase: bool) -> list
     return parents
 
 
+def sharded(ws: Workspace, row: ModelRow) -> bool:
+    """Whether a model was trained with a sharded recipe (its removals retrain shards, exactly)."""
+    return ws.recipe_of(row).sharded and "sharding" in row.info
+
+
+def _check_sisa(ws: Workspace, parents: list[ModelRow], method: str) -> None:
+    """``--method sisa`` serves sharded models only; other methods apply to the unsharded ones (sharded models are
+    always unlearned exactly, by retraining their affected shards)."""
+    plain = [p.id for p in parents if not sharded(ws, p)]
+    if method == SISA and plain:
+        raise InvalidRequest(f"model(s) {', '.join(plain)} are not sharded; --method sisa serves models trained with "
+                             "a [sharding] recipe: choose another method (see `disgorge methods`)")
+    shards = [p.id for p in parents if sharded(ws, p)]
+    if shards and method != SISA:
+        log.info("model(s) %s are sharded: their affected shards are retrained (exact), not unlearned with %s",
+                 ", ".join(shards), method)
+
+
 def _refuse_failed(request: _Request, parent: ModelRow, cert: Certificate, accept_failed: bool) -> None:
     """Abort the request on a failed certificate (kept on disk as rejected) unless the user accepts it."""
     if cert["verdict"] == "indistinguishable":
@@ -233,6 +259,101 @@ def _commit(request: _Request, parents: list[ModelRow], children: list[ModelRow]
     ws.ledger.commit_request(request_id=request.request_id, selector=selector, reason=reason, method=method,
                              records=ids, affected=[p.id for p in parents], children=children,
                              supersede=supersede, results=results, erase=erase, created_at=request.created_at)
+
+
+def _sisa(verify: bool) -> Unlearner:
+    """Unlearn a sharded model exactly: retrain the shards that held the records from their last clean checkpoint;
+    certified by construction (no reference model)."""
+
+    def run(request: _Request, parent: ModelRow) -> tuple[ModelRow, Certificate | None]:
+        child, construction = sisa_child(request, parent)
+        if not verify:
+            return child.row, None
+        try:
+            cert = certify(request.ws, task=child.task, parent=parent, parent_model=child.parent_model,
+                           child=child.row, child_model=child.model, purpose=request.purpose,
+                           forget_ids=child.forget_ids, request_id=request.request_id, method=SISA,
+                           config={}, report=child.row.info["report"], thresholds=request.thresholds,
+                           probes=request.probes, selector=request.selector, reason=request.reason,
+                           requested_at=request.created_at, construction=construction)
+        except BaseException:
+            shutil.rmtree(request.ws.model_dir(child.row.id), ignore_errors=True)
+            raise
+        return child.row, cert
+
+    return run
+
+
+def sisa_child(request: _Request, parent: ModelRow) -> tuple[_Child, dict[str, Any]]:
+    """Retrain the parent's shards that held any of the request's records and write the child's folder (not yet in
+    the ledger); with the certificate's construction checks and cost block."""
+    ws = request.ws
+    parent_model, _, task = ws.load_model(parent.id)
+    recipe = ws.recipe_of(parent)
+    forget_ids, retain_ids = parent.records & request.ids, parent.records - request.ids
+    digests = parent.info["sharding"]["checkpoints"]
+
+    def read(name: str) -> bytes:
+        if name not in digests:
+            raise IntegrityError(f"model {parent.id}: its ledger row records no checkpoint {name}; it cannot be "
+                                 "unlearned by retraining shards (see `disgorge doctor`)")
+        return ws.model_file(parent.id, name, digests[name])
+
+    log.info("retraining the shards of %s that held any of %d records", parent.id, len(forget_ids))
+    run = retrain_sharded(task, recipe, parent_model, parent.info, ws.dataset(task, retain_ids), forget_ids, read)
+    fit = run.result
+    monolithic = recipe.train.epochs * len(retain_ids)
+    report = {"retrained_shards": {str(s): first for s, first in run.retrained.items()},
+              "shards": len(run.layout.slices), "examples": run.examples, "monolithic_examples": monolithic}
+    info: dict[str, Any] = {"data": parent.info["data"], "config": {}, "report": report,
+                            "fit": {"steps": fit.steps, "epochs": fit.epochs, "stopped": fit.stopped,
+                                    "rollbacks": fit.rollbacks}, **fit.info}
+    row = ws.save_model(model=run.model, recipe=recipe, records=retain_ids, info=info, kind="unlearned",
+                        seconds=fit.seconds, parent=parent.id, method=SISA, request_id=request.request_id,
+                        files=run.files)
+    child = _Child(row, run.model, parent_model, task, forget_ids, retain_ids, None)
+    return child, _construction(ws, parent, row, forget_ids, run, monolithic)
+
+
+def _construction(ws: Workspace, parent: ModelRow, child: ModelRow, forget_ids: BitMap, run: ShardRun,
+                  monolithic: int) -> dict[str, Any]:
+    """The checks of an exact-by-construction removal, each judged against what the original (doing nothing)
+    scores, and the cost block: shards retrained, and the work against retraining every shard and a monolithic
+    model."""
+    old = Layout.from_info(parent.info["sharding"]["members"])
+    new = Layout.from_info(child.info["sharding"]["members"])
+
+    def held(layout: Layout, start: dict[int, int] | None) -> int:
+        """Forgotten records in the shards' data (``start``: in the slices before each retrained shard's restart,
+        that is, in the checkpoints it was retrained from)."""
+        total = 0
+        for s, parts in layout.slices.items():
+            upto = len(parts) if start is None else start.get(s, 0)
+            total += sum(len(b & forget_ids) for b in parts[:upto])
+        return total
+
+    checks = {}
+    for name, value, original, proves in (
+            ("shards_clean", held(new, None), held(old, None),
+             "no shard of the unlearned model was trained on a forgotten record (ledger bitmaps)"),
+            ("checkpoints_clean", held(old, run.retrained), held(old, None),
+             "each retrained shard restarted from a checkpoint taken before any forgotten record")):
+        checks[name] = {"value": value, "limit": 0, "passed": value == 0, "decisive": True, "original": original,
+                        "indistinguishable": original == 0, "proves": proves}
+    untouched = [m["shard"] for m in child.info["sharding"]["members"] if m["shard"] not in run.retrained]
+    full = training_seconds(ws, parent)
+    sharding = {"shards": child.info["sharding"]["shards"], "slices": child.info["sharding"]["slices"],
+                "by": child.info["sharding"]["by"],
+                "retrained": {str(s): {"from_slice": first} for s, first in run.retrained.items()},
+                "untouched": untouched, "seconds": round(child.seconds, 4),
+                "full_retrain_seconds": round(full, 4), "time_ratio_full": _ratio(child.seconds, full),
+                "examples": run.examples, "monolithic_examples": monolithic,
+                "work_ratio_monolithic": _ratio(run.examples, monolithic)}
+    return {"checks": checks, "sharding": sharding}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
 
 
 def _named(method: Method, verify: bool) -> Unlearner:
@@ -336,7 +457,7 @@ class _Child:
     task: Task
     forget_ids: BitMap
     retain_ids: BitMap
-    method: Method
+    method: Method | None  # None for a sharded model's exact removal
 
 
 def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child:

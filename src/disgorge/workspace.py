@@ -277,8 +277,12 @@ class Workspace:
 
     # -- data -----------------------------------------------------------------------------------------
     def dataset(self, task: Task, ids: Iterable[int]) -> RecordDataset:
-        """The records with these ids as tensors for ``task``."""
-        return task.dataset(self.ledger.records(ids))
+        """The records with these ids as tensors for ``task``, with each record's source name."""
+        records = self.ledger.records(ids)
+        data = task.dataset(records)
+        if len(data) == len(records):
+            data.sources = np.array([r.source for r in records], dtype=object)
+        return data
 
     def test_ids(self) -> BitMap:
         """Ids of the live held-out (test split) records."""
@@ -354,6 +358,7 @@ class Workspace:
     def load_model(self, model_id: str) -> tuple[nn.Module, ModelRow, Task]:
         """Rebuild a model from its recipe and load its weights, checking their recorded sha256."""
         from .tasks import get_task
+        from .training.trainer import build_network
 
         row = self.ledger.model(model_id)
         if row.weights_deleted_at is not None:
@@ -361,7 +366,7 @@ class Workspace:
                                  "; it saw erased records or was retired); its card, recipe and lineage remain")
         task = get_task(row.task)
         recipe = self.recipe_of(row)
-        model = task.build_model(recipe.model, self.model_info(row))
+        model = build_network(task, recipe, row.info)
         state = store.read_weights(self.models_dir, model_id, row.weights_sha256)
         try:
             model.load_state_dict(state)
@@ -370,11 +375,17 @@ class Workspace:
         model.eval()
         return model, row, task
 
+    def model_file(self, model_id: str, name: str, sha256: str) -> bytes:
+        """One file of a model's folder (a slice checkpoint), checked against the sha256 its ledger row records."""
+        return store.read_checked(self.models_dir, model_id, name, sha256)
+
     def save_model(self, *, model: nn.Module, recipe: Recipe, records: BitMap, info: dict[str, Any], kind: str,
                    seconds: float, parent: str | None = None, method: str | None = None,
-                   request_id: int | None = None, metrics: dict[str, Any] | None = None) -> ModelRow:
-        """Write a model folder (weights, recipe, config, card) atomically and return its ledger row, not yet
-        inserted: the caller commits it (alone, or with an erasure request) or removes the folder."""
+                   request_id: int | None = None, metrics: dict[str, Any] | None = None,
+                   files: dict[str, bytes] | None = None) -> ModelRow:
+        """Write a model folder (weights, recipe, config, card, and ``files``: a sharded model's slice checkpoints)
+        atomically and return its ledger row, not yet inserted: the caller commits it (alone, or with an erasure
+        request) or removes the folder."""
         model_id = self.ledger.reserve_model_id()
         weights, digest = store.serialize_weights(model)
         recipe_toml = recipe.to_toml()
@@ -389,6 +400,7 @@ class Workspace:
             "config.json": (json.dumps(config, indent=2) + "\n").encode(),
             "records.roaring": bm.dumps(records),
             "README.md": card.encode(),
+            **(files or {}),
         })
         return ModelRow(id=model_id, parent=parent, kind=kind, status="active", task=recipe.task,
                         recipe=recipe_toml, recipe_sha256=recipe.sha256, weights_sha256=digest, records=records,

@@ -55,20 +55,27 @@ def write_model_dir(models_dir: Path, model_id: str, files: dict[str, bytes]) ->
     return final
 
 
+def read_checked(models_dir: Path, model_id: str, name: str, expected_sha256: str) -> bytes:
+    """The bytes of one file of a model's folder, after checking them against the SHA-256 the ledger records."""
+    path = models_dir / model_id / name
+    try:
+        data = read_regular(path, f"model {model_id}'s file {name}")
+    except NotFound:
+        raise IntegrityError(f"model {model_id}: {path} is missing; restore it from a backup or retrain the "
+                             "model") from None
+    except DisgorgeError as exc:
+        raise IntegrityError(str(exc)) from None
+    if sha256_bytes(data) != expected_sha256:
+        raise IntegrityError(f"model {model_id}: {name} does not match its recorded sha256 (tampered or corrupt);"
+                             f" restore {path} from a backup or retrain with `disgorge train`")
+    return data
+
+
 def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[str, torch.Tensor]:
     """Load a model's weights after checking them against the SHA-256 recorded in the ledger."""
     from safetensors.torch import load as st_load
     path = models_dir / model_id / WEIGHTS
-    try:
-        data = read_regular(path, f"model {model_id}'s weights file")
-    except NotFound:
-        raise IntegrityError(f"model {model_id}: weights file {path} is missing; restore it from a backup "
-                             f"or retrain the model") from None
-    except DisgorgeError as exc:
-        raise IntegrityError(str(exc)) from None
-    if sha256_bytes(data) != expected_sha256:
-        raise IntegrityError(f"model {model_id}: weights do not match their recorded sha256 (tampered or corrupt);"
-                             f" restore {path} from a backup or retrain with `disgorge train`")
+    data = read_checked(models_dir, model_id, WEIGHTS, expected_sha256)
     try:
         return st_load(data)
     except Exception as exc:  # safetensors raises its own error types for malformed headers
@@ -76,10 +83,13 @@ def read_weights(models_dir: Path, model_id: str, expected_sha256: str) -> dict[
 
 
 def delete_weights(models_dir: Path, model_id: str, content_keys: tuple[str, ...] = ()) -> None:
-    """Delete a model's weights file and drop ``content_keys`` from the data facts of its ``config.json`` (the card,
-    recipe and lineage bitmap stay). A missing weights file is fine: a crash may have come after its deletion."""
+    """Delete a model's weights (and any other safetensors file of it, such as slice checkpoints) and drop
+    ``content_keys`` from the data facts of its ``config.json`` (the card, recipe and lineage bitmap stay). A missing
+    weights file is fine: a crash may have come after its deletion."""
     folder = models_dir / model_id
     (folder / WEIGHTS).unlink(missing_ok=True)
+    for extra in folder.glob("*.safetensors"):  # a sharded model's slice checkpoints hold what the weights held
+        extra.unlink()
     config = folder / "config.json"
     if content_keys and config.is_file() and not config.is_symlink():
         data = json.loads(config.read_text(encoding="utf-8"))

@@ -20,10 +20,12 @@ Batch = dict[str, torch.Tensor]
 
 
 class RecordDataset(Dataset):
-    """Records as tensors in memory, one dict per item; ``ids`` are the ledger record ids, row for row."""
+    """Records as tensors in memory, one dict per item; ``ids`` are the ledger record ids, row for row, and
+    ``sources`` (where the workspace knows them) the name of each record's source."""
 
     def __init__(self, ids: Sequence[int], **tensors: torch.Tensor) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
+        self.sources: np.ndarray | None = None
         n = len(self.ids)
         for k, t in tensors.items():
             if len(t) != n:
@@ -44,7 +46,9 @@ class RecordDataset(Dataset):
         """The rows whose record ids are in ``ids`` (order of this dataset)."""
         mask = np.isin(self.ids, np.fromiter((int(i) for i in ids), dtype=np.int64))
         idx = torch.from_numpy(np.nonzero(mask)[0])
-        return RecordDataset(self.ids[mask], **{k: t[idx] for k, t in self.tensors.items()})
+        out = RecordDataset(self.ids[mask], **{k: t[idx] for k, t in self.tensors.items()})
+        out.sources = self.sources[mask] if self.sources is not None else None
+        return out
 
 
 @dataclass(frozen=True)

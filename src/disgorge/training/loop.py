@@ -49,6 +49,7 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     rollbacks: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # facts the model row keeps (privacy spent, shard layout)
+    files: dict[str, bytes] = field(default_factory=dict)  # kept in the model folder beside the weights
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: TrainSpec, lr: float | None = None) -> torch.optim.Optimizer:

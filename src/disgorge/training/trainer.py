@@ -11,15 +11,29 @@ from ..errors import InvalidRequest
 from ..spec import Recipe
 from ..tasks import RecordDataset, Task
 from .loop import FitResult, fit, make_optimizer, mean_loss
+from .sharding import build_sharded, fit_sharded
+
+
+def build_network(task: Task, recipe: Recipe, info: dict[str, Any]) -> nn.Module:
+    """The untrained network a model's ledger ``info`` describes: the recipe's family built for its data facts, or
+    for a sharded recipe the aggregate of the shards it records."""
+    if recipe.sharded and "sharding" in info:
+        return build_sharded(task, recipe, info["data"], [m["shard"] for m in info["sharding"]["members"]])
+    return task.build_model(recipe.model, info["data"])
 
 
 def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, Any]) -> tuple[nn.Module, FitResult]:
     """Build and train ``recipe``'s network on ``data``; bit-identical for the same inputs on the same CPU.
 
-    The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched.
+    The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched. A sharded
+    recipe trains its shards (:mod:`.sharding`); the result's ``files`` are their slice checkpoints.
     """
     if len(data) == 0:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
+    if recipe.sharded:
+        run = fit_sharded(task, recipe, data, info)
+        run.result.files = run.files
+        return run.model, run.result
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         generator = torch.Generator().manual_seed(recipe.seed)

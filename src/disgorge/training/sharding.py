@@ -1,0 +1,350 @@
+"""SISA training (Bourtoule et al., "Machine Unlearning", IEEE S&P 2021): Sharded, Isolated, Sliced, Aggregated.
+
+The training records are dealt to ``S`` shards; each shard's network is trained in isolation over ``L`` stages, stage
+``l`` on the shard's slices ``0..l`` (a growing set), and its weights are checkpointed after each stage. The shards'
+predictions are aggregated into one model. A removal retrains only the shards that held the records, from the
+checkpoint before the first slice that held one of them, so the result equals, weight for weight, the same recipe
+trained from scratch without the records:
+
+- a record's shard and slice are a keyed hash of its id (or, for ``by = "source"``, its shard is a hash of its source's
+  name), so removing records moves no other record;
+- every stage seeds its own initialisation, shuffling and dropout from (recipe seed, shard, slice) and starts a fresh
+  optimiser, so a stage's result depends only on its starting weights and its data;
+- stages before the first slice holding a removed record saw exactly the same data either way.
+
+Shards left without records have no network; the ensemble is the shards that have some.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pyroaring import BitMap
+from torch import nn
+
+from ..errors import InvalidRequest
+from ..ledger import bitmap as bm
+from ..models.store import serialize_weights
+from ..spec import Recipe, ShardingSpec
+from ..tasks import RecordDataset, Task
+from .loop import FitResult, fit, make_optimizer, mean_loss
+
+VOTE_SMOOTHING = 1e-3
+"""Under ``vote``, this much of the mean probability is added to the vote shares, so ties break by confidence and no
+class has probability zero (a loss stays finite)."""
+
+
+def _hash(*parts: object) -> int:
+    """A 64-bit integer from BLAKE2b of the parts (stable across processes and machines, unlike ``hash``)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def stage_seed(seed: int, shard: int, stage: int) -> int:
+    """The torch seed of one shard's stage (``stage = -1``: its initialisation)."""
+    return _hash("sisa-seed", seed, shard, stage) % (2**32)
+
+
+def assign(data: RecordDataset, spec: ShardingSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's shard and slice: keyed hashes of its id (its shard: of its source's name under ``by =
+    "source"``), so that the assignment of one record never depends on which others exist."""
+    if spec.by == "source" and data.sources is None:
+        raise InvalidRequest("sharding by source needs each record's source; train through a workspace")
+    keys = data.sources if spec.by == "source" else data.ids
+    shard = np.fromiter((_hash("sisa-shard", seed, k) % spec.shards for k in keys), dtype=np.int64, count=len(data))
+    piece = np.fromiter((_hash("sisa-slice", seed, i) % spec.slices for i in data.ids), dtype=np.int64,
+                        count=len(data))
+    return shard, piece
+
+
+@dataclass
+class Layout:
+    """Which records each shard's slices hold (``slices[s][l]``: record ids), for the shards that hold any."""
+
+    slices: dict[int, list[BitMap]]
+
+    @classmethod
+    def of(cls, data: RecordDataset, spec: ShardingSpec, seed: int) -> Layout:
+        """The layout of ``data`` under ``spec``."""
+        shard, piece = assign(data, spec, seed)
+        out: dict[int, list[BitMap]] = {}
+        for s in sorted(set(shard.tolist())):
+            mine = shard == s
+            out[s] = [BitMap(data.ids[mine & (piece == sl)].tolist()) for sl in range(spec.slices)]
+        return cls(out)
+
+    def records(self, shard: int) -> BitMap:
+        """Every record of one shard."""
+        return BitMap.union(*self.slices[shard]) if self.slices[shard] else BitMap()
+
+    def to_info(self) -> list[dict[str, Any]]:
+        """JSON form: one entry per shard, its slices as serialised roaring bitmaps (hex)."""
+        return [{"shard": s, "records": len(self.records(s)), "slices": [bm.dumps(b).hex() for b in parts]}
+                for s, parts in self.slices.items()]
+
+    @classmethod
+    def from_info(cls, members: list[dict[str, Any]]) -> Layout:
+        """The layout a model's ledger info records."""
+        return cls({int(m["shard"]): [bm.loads(bytes.fromhex(h)) for h in m["slices"]] for m in members})
+
+
+# -- the aggregated model -----------------------------------------------------------------------------------------
+
+
+def aggregate_log_probs(log_probs: torch.Tensor, how: str) -> torch.Tensor:
+    """Combine the shards' log-probabilities ``[S, ..., C]`` into log-probabilities ``[..., C]``: the log of their
+    mean probability (``mean_proba``), or of the vote shares with :data:`VOTE_SMOOTHING` of it (``vote``)."""
+    mean = torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+    if how == "mean_proba":
+        return mean
+    votes = F.one_hot(log_probs.argmax(-1), log_probs.shape[-1]).to(log_probs.dtype).mean(0)
+    return torch.log((votes + VOTE_SMOOTHING * mean.exp()) / (1 + VOTE_SMOOTHING))
+
+
+class ShardedClassifier(nn.Module):
+    """The shards' networks as one classifier whose scores are aggregated log-probabilities."""
+
+    def __init__(self, members: Sequence[nn.Module], aggregate: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.aggregate = aggregate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Aggregated log-probabilities ``[B, C]`` (the task reads them as logits)."""
+        return aggregate_log_probs(torch.stack([F.log_softmax(m(x), dim=-1) for m in self.members]), self.aggregate)
+
+
+class ShardedLMNet(nn.Module):
+    """The shards' causal LMs (sharing one tokenizer) as one network: next-token log-probabilities averaged as
+    probabilities, and greedy generation over them."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, use_cache: bool = False,
+                position_ids: torch.Tensor | None = None) -> SimpleNamespace:
+        """``.logits``: the aggregated next-token log-probabilities ``[B, T, V]``."""
+        if output_hidden_states:
+            raise InvalidRequest("a sharded language model has one hidden state per shard, not one; methods that "
+                                 "steer activations cannot serve it (its removals retrain shards instead)")
+        outs = [F.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).logits.float(), dim=-1) for m in self.members]
+        return SimpleNamespace(logits=aggregate_log_probs(torch.stack(outs), "mean_proba"))
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                 pad_token_id: int, eos_token_id: int, **_: Any) -> torch.Tensor:
+        """Greedy continuation of a left-padded batch (no key/value cache: each step reruns the prefix)."""
+        ids, mask = input_ids, attention_mask
+        done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            nxt = self(ids, mask, position_ids=positions).logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
+            done |= nxt == eos_token_id
+            if bool(done.all()):
+                break
+        return ids
+
+
+def _lm_parts(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """A language model's inner network and the attribute holding it (None for a classifier)."""
+    net = getattr(model, "net", None)
+    return (net, "net") if isinstance(net, nn.Module) and hasattr(model, "tokenizer") else None
+
+
+def assemble(members: Sequence[nn.Module], spec: ShardingSpec) -> nn.Module:
+    """One model from the shards' networks: a :class:`ShardedClassifier`, or for language models the first member's
+    wrapper (tokenizer, length) around a :class:`ShardedLMNet`."""
+    if _lm_parts(members[0]) is None:
+        return ShardedClassifier(members, spec.aggregate)
+    host = members[0]
+    host.net = ShardedLMNet([m.net for m in members])
+    return host
+
+
+def build_sharded(task: Task, recipe: Recipe, data_info: dict[str, Any], shards: Sequence[int]) -> nn.Module:
+    """The (untrained) aggregated model of a sharded recipe with networks for ``shards``."""
+    return assemble([_member(task, recipe, data_info, s) for s in shards], _spec(recipe))
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The shards' networks of an aggregated model (a language model's inner networks)."""
+    inner = model.net if _lm_parts(model) is not None else model
+    return list(inner.members)
+
+
+def _spec(recipe: Recipe) -> ShardingSpec:
+    if recipe.sharding is None:
+        raise InvalidRequest(f"recipe {recipe.name!r} has no [sharding] table")
+    return recipe.sharding
+
+
+def _member(task: Task, recipe: Recipe, data_info: dict[str, Any], shard: int) -> nn.Module:
+    """One shard's freshly initialised network (seeded by the recipe seed and the shard)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(stage_seed(recipe.seed, shard, -1))
+        return task.build_model(recipe.model, data_info)
+
+
+def check_shardable(task: Task, recipe: Recipe, data_info: dict[str, Any]) -> None:
+    """Refuse what sharding cannot serve: a vote over language models, and a vocabulary learned from the records
+    (every shard would depend on every record's words)."""
+    spec = _spec(recipe)
+    if recipe.task == "causal_lm" and spec.aggregate == "vote":
+        raise InvalidRequest("language models aggregate by mean probability: set sharding.aggregate = 'mean_proba'")
+    if "vocab" in data_info:
+        raise InvalidRequest("a sharded language model needs a vocabulary that holds no record's words, since all "
+                             "shards share it: set model.tokenizer = 'char', or use a pretrained network")
+    if spec.adapter_rank:
+        raise InvalidRequest("per-shard adapters (sharding.adapter_rank) are not available yet; set adapter_rank = 0")
+
+
+# -- training and retraining --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardRun:
+    """What training or retraining the shards did: the aggregated model, its layout, the checkpoint files
+    (name -> safetensors bytes) and, per retrained shard, the first stage retrained."""
+
+    model: nn.Module
+    layout: Layout
+    files: dict[str, bytes]
+    result: FitResult
+    retrained: dict[int, int] = field(default_factory=dict)
+    examples: int = 0  # example-passes the (re)training ran: its work, comparable with a monolithic run's
+
+
+def checkpoint_name(shard: int, stage: int) -> str:
+    """File name of a shard's checkpoint after ``stage`` (kept for every stage but the last, whose weights are the
+    model's)."""
+    return f"shard-{shard:04d}-slice-{stage:04d}.safetensors"
+
+
+Reader = Callable[[str], bytes]
+"""Reads a checkpoint file of the parent model by name (checked against its recorded sha256)."""
+
+
+def fit_sharded(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any]) -> ShardRun:
+    """Train every shard of ``recipe`` on ``data`` from its initialisation; bit-identical on the CPU."""
+    check_shardable(task, recipe, data_info)
+    layout = Layout.of(data, _spec(recipe), recipe.seed)
+    if not layout.slices:
+        raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
+    return _run(task, recipe, data, data_info, layout, {s: (0, None) for s in layout.slices}, {}, {})
+
+
+def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: dict[str, Any],
+                    retain: RecordDataset, forget: BitMap, read: Reader) -> ShardRun:
+    """The parent sharded model without the ``forget`` records: each shard that held one is retrained from its
+    checkpoint before the first slice holding one (from its initialisation when that is slice 0); the others, and
+    the checkpoints before that slice, are kept as they are. A shard left without records is dropped."""
+    spec = _spec(recipe)
+    old = Layout.from_info(parent_info["sharding"]["members"])
+    parents = dict(zip(old.slices, members_of(parent), strict=True))
+    layout = Layout({s: [b - forget for b in parts] for s, parts in old.slices.items()
+                     if any(b - forget for b in parts)})
+    plan: dict[int, tuple[int, dict[str, torch.Tensor] | None]] = {}
+    kept: dict[int, nn.Module] = {}
+    copied: dict[str, bytes] = {}
+    for s in layout.slices:
+        hits = [stage for stage, b in enumerate(old.slices[s]) if b & forget]
+        first = hits[0] if hits else spec.slices
+        if hits:
+            plan[s] = (first, load_state(read(checkpoint_name(s, first - 1))) if first > 0 else None)
+        else:
+            kept[s] = parents[s]
+        for stage in range(min(first, spec.slices - 1)):
+            copied[checkpoint_name(s, stage)] = read(checkpoint_name(s, stage))
+    return _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied)
+
+
+def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any], layout: Layout,
+         plan: dict[int, tuple[int, dict[str, torch.Tensor] | None]], kept: dict[int, nn.Module],
+         copied: dict[str, bytes]) -> ShardRun:
+    """Train the shards in ``plan`` (shard -> (first stage, weights to start it from or None for the
+    initialisation)), keep the networks in ``kept``, and assemble them in shard order."""
+    spec = _spec(recipe)
+    started = time.perf_counter()
+    files = dict(copied)
+    result = FitResult()
+    members: dict[int, nn.Module] = dict(kept)
+    examples = 0
+    for s, (first, start) in plan.items():
+        net = _member(task, recipe, data_info, s)
+        if start is not None:
+            net.load_state_dict(start)
+        for stage in range(first, spec.slices):
+            ids = BitMap.union(*layout.slices[s][:stage + 1])
+            if ids:
+                part = data.subset(ids)
+                stage_result = _train_stage(task, recipe, net, part, stage_seed(recipe.seed, s, stage),
+                                            spec.epochs_per_slice(recipe.train.epochs), f"shard {s} slice {stage}")
+                result.steps += stage_result.steps
+                result.epochs += stage_result.epochs
+                result.rollbacks += stage_result.rollbacks
+                result.losses += stage_result.losses
+                examples += stage_result.epochs * len(part)
+            if stage < spec.slices - 1:
+                files[checkpoint_name(s, stage)] = serialize_state(net.state_dict())
+        members[s] = net
+    order = sorted(members)
+    model = assemble([members[s] for s in order], spec)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    digests = {name: hashlib.sha256(b).hexdigest() for name, b in files.items()}
+    result.info["sharding"] = {
+        "shards": spec.shards, "slices": spec.slices, "by": spec.by, "aggregate": spec.aggregate,
+        "epochs_per_slice": spec.epochs_per_slice(recipe.train.epochs),
+        "members": [{**m, "sha256": _state_sha(members[m["shard"]])} for m in Layout(
+            {s: layout.slices[s] for s in order}).to_info()],
+        "checkpoints": digests, "examples": examples}
+    return ShardRun(model, layout, files, result, {s: first for s, (first, _) in plan.items()}, examples)
+
+
+def _train_stage(task: Task, recipe: Recipe, net: nn.Module, data: RecordDataset, seed: int, epochs: int,
+                 description: str) -> FitResult:
+    """One stage of one shard: a fresh optimiser and shuffling seeded by ``seed``, ``epochs`` passes over
+    ``data``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        loader = task.loader(data, recipe.train.batch_size, shuffle=True, generator=generator)
+        optimizer = make_optimizer(net.parameters(), recipe.train)
+        out = fit(net, loader, mean_loss(task), optimizer, epochs=epochs, description=description,
+                  accelerator=task.accelerator())
+    net.eval()
+    return out
+
+
+def serialize_state(state: dict[str, torch.Tensor]) -> bytes:
+    """Safetensors bytes of a state dict (equal weights give equal bytes)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}, metadata={"format": "pt"})
+
+
+def load_state(data: bytes) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors bytes."""
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _state_sha(net: nn.Module) -> str:
+    """SHA-256 of one shard's network weights (what tells an untouched shard from a retrained one)."""
+    return serialize_weights(net)[1]
