@@ -277,7 +277,13 @@ def train(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="re
         test = "-" if acc["test"] is None else f"{acc['test']:.2f}%"
         _emit(data, as_json, lambda: out.print(
             f"trained {row.id} on {len(row.records)} records in {row.seconds:.1f}s; {acc['figure']}: train "
-            f"{acc['train']:.2f}%, test {test}; weights sha256 {row.weights_sha256}"))
+            f"{acc['train']:.2f}%, test {test}{_shards_note(row.info)}; weights sha256 {row.weights_sha256}"))
+
+
+def _shards_note(info: dict[str, Any]) -> str:
+    """``; N shards x L slices`` for a sharded model (nothing otherwise)."""
+    sh = info.get("sharding")
+    return f"; {len(sh['members'])} shard(s) x {sh['slices']} slice(s) by {sh['by']}" if sh else ""
 
 
 @app.command()
@@ -464,8 +470,8 @@ def forget(
 
         def show() -> None:
             out.print(f"request {result.request_id}: {result.records} records; "
-                      f"{len(result.children)} model(s) unlearned with {method}: "
-                      + ", ".join(f"{c.parent} -> {c.id}" for c in result.children))
+                      f"{len(result.children)} model(s) unlearned: "
+                      + ", ".join(f"{c.parent} -> {c.id} ({c.method})" for c in result.children))
             for cert in result.certificates:
                 _print_certificate(cert, result.paths[cert["models"]["child"]["id"]]["json"])
             out.print(_deletion_line(result.deletion) if result.erased else
@@ -723,7 +729,7 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the wor
 
 
 def _print_certificate(cert: dict[str, Any], path: str) -> None:
-    from .evidence.certificate import check_rows, columns, figure_rows, robustness_rows, verdict_line
+    from .evidence.certificate import check_rows, columns, figure_rows, robustness_rows, sharding_lines, verdict_line
 
     ids = cert["models"]
     table = Table(title=f"request {cert['request']}: {cert['method']} on {cert['records']['forgotten']} records "
@@ -765,6 +771,9 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
                               f"{t['seconds']:.2f}", t.get("verdict") or ("passed" if t["passed"] else "failed"))
         out.print(tried)
         out.print(f"auto chose {cert['auto']['chosen']}; all candidates took {cert['auto']['total_seconds']:.2f}s")
+    for line in sharding_lines(cert):
+        if line:
+            out.print(Text(line))
     if cert.get("proves"):
         out.print(Text(f"proves: {cert['proves']}"))
         out.print(Text(f"does not prove: {cert['does_not_prove']}"))

@@ -230,6 +230,7 @@ def certify(ws: Workspace, *, task: Task, parent: ModelRow, parent_model: nn.Mod
         "score": _finite_or_none(score(checks)),
         "robustness": robustness,
         "curves": loss_curves(measured),
+        "privacy": parent.info.get("privacy"),  # what DP training of the original spent (None without [privacy])
         **({"sharding": construction["sharding"]} if construction is not None else {}),
     }
 
@@ -612,7 +613,8 @@ def render_markdown(c: dict[str, Any]) -> str:
         "",
         _time_line(c),
         "",
-        *_sharding_lines(c),
+        *sharding_lines(c),
+        *_privacy_lines(c),
         "| check | measured | value | limit | result |",
         "|---|---|---:|---:|---|",
         *[f"| {a} | {b} | {v} | {limit} | {r} |" for a, b, v, limit, r in check_rows(c)],
@@ -631,7 +633,7 @@ def render_markdown(c: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _sharding_lines(c: dict[str, Any]) -> list[str]:
+def sharding_lines(c: dict[str, Any]) -> list[str]:
     """What a sharded model's removal retrained and what it cost (nothing for other certificates)."""
     sh = c.get("sharding")
     if not sh:
@@ -642,6 +644,17 @@ def _sharding_lines(c: dict[str, Any]) -> list[str]:
             f"{sh['full_retrain_seconds']:.2f} s to train every shard (ratio {sh['time_ratio_full']}); "
             f"{sh['examples']:,} example-passes against {sh['monolithic_examples']:,} for a monolithic retrain "
             f"(ratio {sh['work_ratio_monolithic']}).", ""]
+
+
+def _privacy_lines(c: dict[str, Any]) -> list[str]:
+    """One line on the original's differentially private training (nothing for a model trained without it)."""
+    p = c.get("privacy")
+    if not p:
+        return []
+    return [f"Differential privacy: the original was trained with DP-SGD at epsilon {p['epsilon']:g} spent (target "
+            f"{p['target_epsilon']:g}), delta {p['delta']:g}, max_grad_norm {p['max_grad_norm']:g}, noise multiplier "
+            f"{p['noise_multiplier']:g} ({p.get('accountant', 'rdp')} accountant): before any unlearning, no record's "
+            "influence on its weights exceeded that bound.", ""]
 
 
 def _time_line(c: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ Shards left without records have no network; the ensemble is the shards that hav
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -144,47 +145,69 @@ class ShardedLMNet(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                 pad_token_id: int, eos_token_id: int, **_: Any) -> torch.Tensor:
-        """Greedy continuation of a left-padded batch (no key/value cache: each step reruns the prefix)."""
+                 pad_token_id: int, eos_token_id: int, use_cache: bool = True, **_: Any) -> torch.Tensor:
+        """Greedy continuation of a left-padded batch under the aggregated next-token distribution (each shard keeps
+        its own key/value cache; ``use_cache=False`` reruns the whole prefix each step, the reference behaviour)."""
         ids, mask = input_ids, attention_mask
         done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        caches: list[Any] = [None] * len(self.members)
+        feed = ids
         for _ in range(max_new_tokens):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            nxt = self(ids, mask, position_ids=positions).logits[:, -1].argmax(-1)
+            if use_cache:
+                outs = []
+                for i, m in enumerate(self.members):
+                    name = _cache_name(m)
+                    out = m(input_ids=feed, attention_mask=mask, position_ids=positions[:, -feed.shape[1]:],
+                            use_cache=True, **{name: caches[i]})
+                    caches[i] = getattr(out, name)
+                    outs.append(F.log_softmax(out.logits[:, -1].float(), dim=-1))
+                nxt = aggregate_log_probs(torch.stack(outs), "mean_proba").argmax(-1)
+            else:
+                nxt = self(ids, mask, position_ids=positions).logits[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, (~done).to(mask.dtype)[:, None]], dim=1)
+            feed = nxt[:, None]
             done |= nxt == eos_token_id
             if bool(done.all()):
                 break
         return ids
 
 
-def _lm_parts(model: nn.Module) -> tuple[nn.Module, str] | None:
-    """A language model's inner network and the attribute holding it (None for a classifier)."""
+def _cache_name(net: nn.Module) -> str:
+    """What a transformers model calls its key/value cache, argument and output: ``cache`` from transformers 5,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The network a shard trains: a language model's inner network (its wrapper holds the shared tokenizer), or the
+    classifier itself."""
     net = getattr(model, "net", None)
-    return (net, "net") if isinstance(net, nn.Module) and hasattr(model, "tokenizer") else None
+    return net if isinstance(net, nn.Module) and hasattr(model, "tokenizer") else model
 
 
-def assemble(members: Sequence[nn.Module], spec: ShardingSpec) -> nn.Module:
-    """One model from the shards' networks: a :class:`ShardedClassifier`, or for language models the first member's
+def assemble(task: Task, recipe: Recipe, data_info: dict[str, Any], nets: Sequence[nn.Module]) -> nn.Module:
+    """One model from the shards' networks: a :class:`ShardedClassifier`, or for language models a freshly built
     wrapper (tokenizer, length) around a :class:`ShardedLMNet`."""
-    if _lm_parts(members[0]) is None:
-        return ShardedClassifier(members, spec.aggregate)
-    host = members[0]
-    host.net = ShardedLMNet([m.net for m in members])
+    spec = _spec(recipe)
+    with torch.random.fork_rng():
+        host = task.build_model(recipe.model, data_info) if recipe.task == "causal_lm" else None
+    if host is None or _inner(host) is host:
+        return ShardedClassifier(nets, spec.aggregate)
+    host.net = ShardedLMNet(nets)
     return host
 
 
 def build_sharded(task: Task, recipe: Recipe, data_info: dict[str, Any], shards: Sequence[int]) -> nn.Module:
     """The (untrained) aggregated model of a sharded recipe with networks for ``shards``."""
-    return assemble([_member(task, recipe, data_info, s) for s in shards], _spec(recipe))
+    return assemble(task, recipe, data_info, [_inner(_member(task, recipe, data_info, s)) for s in shards])
 
 
 def members_of(model: nn.Module) -> list[nn.Module]:
     """The shards' networks of an aggregated model (a language model's inner networks)."""
-    inner = model.net if _lm_parts(model) is not None else model
-    return list(inner.members)
+    return list(_inner(model).members)
 
 
 def _spec(recipe: Recipe) -> ShardingSpec:
@@ -301,9 +324,9 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
                 examples += stage_result.epochs * len(part)
             if stage < spec.slices - 1:
                 files[checkpoint_name(s, stage)] = serialize_state(net.state_dict())
-        members[s] = net
+        members[s] = _inner(net)
     order = sorted(members)
-    model = assemble([members[s] for s in order], spec)
+    model = assemble(task, recipe, data_info, [members[s] for s in order])
     model.eval()
     result.seconds = time.perf_counter() - started
     digests = {name: hashlib.sha256(b).hexdigest() for name, b in files.items()}
