@@ -470,8 +470,9 @@ def forget(
 
         def show() -> None:
             out.print(f"request {result.request_id}: {result.records} records; "
-                      f"{len(result.children)} model(s) unlearned: "
-                      + ", ".join(f"{c.parent} -> {c.id} ({c.method})" for c in result.children))
+                      f"{len(result.children)} model(s) unlearned with {method}: "
+                      + ", ".join(f"{c.parent} -> {c.id}" + (f" ({c.method}: sharded)" if c.method != method else "")
+                                  for c in result.children))
             for cert in result.certificates:
                 _print_certificate(cert, result.paths[cert["models"]["child"]["id"]]["json"])
             out.print(_deletion_line(result.deletion) if result.erased else

@@ -391,7 +391,8 @@ class Workspace:
         recipe_toml = recipe.to_toml()
         card = model_card(model_id=model_id, task=recipe.task, family=recipe.model.family, parent=parent, kind=kind,
                           method=method, sources=self.sources_of(records), n_records=len(records),
-                          recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id, metrics=metrics)
+                          recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id, metrics=metrics,
+                          privacy=info.get("privacy"))
         config = {"id": model_id, "task": recipe.task, "family": recipe.model.family, "data": info["data"],
                   "parent": parent, "kind": kind, "method": method, "weights_sha256": digest}
         store.write_model_dir(self.models_dir, model_id, {
@@ -407,9 +408,9 @@ class Workspace:
                         method=method, request_id=request_id, seconds=seconds, info=info, created_at=now())
 
     def model_file_problems(self, row: ModelRow) -> list[str]:
-        """Where a model's folder disagrees with its ledger row: weights missing, not a regular file or not
-        matching their sha256 (or present after deletion), ``records.roaring`` or ``config.json`` naming other
-        records or weights."""
+        """Where a model's folder disagrees with its ledger row: weights or slice checkpoints missing, not a regular
+        file or not matching their sha256 (or present after deletion), ``records.roaring`` or ``config.json`` naming
+        other records or weights."""
         folder = self.model_dir(row.id)
         if not folder.is_dir():
             return [f"model {row.id}: its folder {folder} is missing"]
@@ -424,6 +425,11 @@ class Workspace:
                     problems.append(f"model {row.id}: {weights} does not match the sha256 in the ledger")
             except DisgorgeError as exc:
                 problems.append(f"model {row.id}: {exc}")
+            for name, digest in row.info.get("sharding", {}).get("checkpoints", {}).items():
+                try:
+                    self.model_file(row.id, name, digest)
+                except DisgorgeError as exc:
+                    problems.append(str(exc))
         try:
             if bm.loads(read_regular(folder / "records.roaring", "lineage bitmap")) != row.records:
                 problems.append(f"model {row.id}: records.roaring names other records than the ledger does")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -9,8 +10,10 @@ import yaml
 
 def model_card(*, model_id: str, task: str, family: str, parent: str | None, kind: str, method: str | None,
                sources: list[dict[str, Any]], n_records: int, recipe_toml: str, weights_sha256: str,
-               request_id: int | None = None, metrics: dict[str, Any] | None = None) -> str:
-    """The text of a model card. ``sources`` are dicts with ``name``, ``license``, ``origin`` and ``records``."""
+               request_id: int | None = None, metrics: dict[str, Any] | None = None,
+               privacy: dict[str, Any] | None = None) -> str:
+    """The text of a model card. ``sources`` are dicts with ``name``, ``license``, ``origin`` and ``records``;
+    ``privacy`` is what differentially private training spent (``FitResult.info["privacy"]``), for a DP model."""
     licenses = sorted({s["license"] for s in sources})
     front: dict[str, Any] = {
         "library_name": "disgorge",
@@ -33,6 +36,9 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         front["license_name"] = "multiple: " + ", ".join(licenses)
     if metrics:
         front["disgorge"]["metrics"] = metrics
+    if privacy:
+        front["tags"].append("differential-privacy")
+        front["disgorge"]["privacy"] = privacy
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -49,6 +55,7 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         "|---|---|---|---|",
         *[f"| {s['name']} | {s['license']} | {s['origin'] or '-'} | {s['records']} |" for s in sources],
         "",
+        *(privacy_section(privacy) if privacy else []),
         "## Recipe",
         "",
         "```toml",
@@ -61,3 +68,25 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         "",
     ]
     return "\n".join(lines)
+
+
+def privacy_section(privacy: dict[str, Any]) -> list[str]:
+    """The card's lines on differentially private training: the epsilon spent (and its target), delta, the clipping
+    norm, the noise multiplier, and what that bounds."""
+    eps = float(privacy["epsilon"])
+    return [
+        "## Differential privacy",
+        "",
+        f"Trained with differentially private SGD (opacus, `{privacy.get('accountant', 'rdp')}` accountant): "
+        f"**epsilon = {eps:g}** spent (target {privacy['target_epsilon']:g}) at **delta = {privacy['delta']:g}**. "
+        f"Each record's gradient was clipped to norm {privacy['max_grad_norm']:g} and Gaussian noise of "
+        f"{privacy['noise_multiplier']:g} times that norm was added at every step; each step drew each record with "
+        f"probability {privacy['sample_rate']:g}.",
+        "",
+        f"This bounds what these weights can reveal about any one training record: whether or not the record was "
+        f"trained on, the probability of anything learned from the weights changes by at most a factor "
+        f"e^epsilon = {math.exp(min(eps, 700)):.3g}, except with probability delta. A contributor of k records is "
+        "protected only as a group (about k times epsilon), and the noise came from a seeded pseudo-random "
+        "generator so that training can be reproduced.",
+        "",
+    ]

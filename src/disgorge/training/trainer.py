@@ -11,6 +11,7 @@ from ..errors import InvalidRequest
 from ..spec import Recipe
 from ..tasks import RecordDataset, Task
 from .loop import FitResult, fit, make_optimizer, mean_loss
+from .privacy import fit_private
 from .sharding import build_sharded, fit_sharded
 
 
@@ -26,7 +27,8 @@ def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, 
     """Build and train ``recipe``'s network on ``data``; bit-identical for the same inputs on the same CPU.
 
     The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched. A sharded
-    recipe trains its shards (:mod:`.sharding`); the result's ``files`` are their slice checkpoints.
+    recipe trains its shards (:mod:`.sharding`); the result's ``files`` are their slice checkpoints. A recipe with
+    ``[privacy]`` trains with DP-SGD (:mod:`.privacy`), the epsilon spent in ``result.info["privacy"]``.
     """
     if len(data) == 0:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
@@ -34,6 +36,8 @@ def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, 
         run = fit_sharded(task, recipe, data, info)
         run.result.files = run.files
         return run.model, run.result
+    if recipe.privacy is not None:
+        return fit_private(task, recipe, data, info)
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         generator = torch.Generator().manual_seed(recipe.seed)
