@@ -96,3 +96,27 @@ def poisoner_request(ws: Workspace, model_id: str) -> tuple[Any, Any, Any]:
                              retain=ws.dataset(task, row.records - ids), train=recipe.train,
                              data_info=row.info["data"], seed=recipe.seed)
     return model, request, ws.dataset(task, ws.test_ids())
+
+
+# -- local Hugging Face folders -----------------------------------------------------------------------------------
+
+HF_WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "Where", "does", "live", "?", ".", "lives", "in", "Alice", "Bob",
+            "Carol", "Dave", "Paris", "Rome", "Oslo", "Lima"]
+
+
+def save_hf_folder(path: Any, *, with_eos: bool = True) -> Any:
+    """A tiny word-level GPT-2 and its tokenizer saved as a local Hugging Face folder (``save_pretrained``)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(HF_WORDS)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = {"bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[PAD]"} if with_eos else {}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", **specials)
+    torch.manual_seed(0)
+    net = GPT2LMHeadModel(GPT2Config(vocab_size=len(HF_WORDS), n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                                     bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    net.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return net

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import save_hf_folder
 from disgorge.errors import DisgorgeError
 from disgorge.ledger import Record
 from disgorge.models.families import ModelConfigError
@@ -169,26 +170,6 @@ def test_batched_generation_equals_one_at_a_time(people):
 
 # -- local Hugging Face folders -----------------------------------------------------------------------------------
 
-HF_WORDS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", "Where", "does", "live", "?", ".", "lives", "in", "Alice", "Bob",
-            "Carol", "Dave", "Paris", "Rome", "Oslo", "Lima"]
-
-
-def _save_hf_folder(path: Any, *, with_eos: bool = True) -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(HF_WORDS)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = {"bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[PAD]"} if with_eos else {}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", **specials)
-    torch.manual_seed(0)
-    net = GPT2LMHeadModel(GPT2Config(vocab_size=len(HF_WORDS), n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    net.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return net
-
-
 def _hf_records() -> list[Record]:
     pairs = [("Alice", "Paris"), ("Bob", "Rome"), ("Carol", "Oslo"), ("Dave", "Lima")]
     return [Record(i, "hf", "h", {"prompt": text_field(f"Where does {who} live?"),
@@ -201,7 +182,7 @@ def test_pretrained_folder_loads_the_saved_model_and_trains(tmp_path):
     the tokenizer's special ids, max_length capped by the model's positions; fit_recipe then lowers the loss."""
     from transformers import GPT2LMHeadModel
 
-    _save_hf_folder(tmp_path)
+    save_hf_folder(tmp_path)
     reference = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     task = get_task("causal_lm")
     recipe = Recipe(name="local", task="causal_lm", seed=0, model=ModelSpec("pretrained", {"path": str(tmp_path)}),
@@ -242,7 +223,7 @@ def test_unusable_pretrained_folder_is_a_one_line_config_error(tmp_path):
         task.data_info(data, recipe.model)
 
     no_weights = tmp_path / "no-weights"
-    net = _save_hf_folder(tmp_path / "full")
+    net = save_hf_folder(tmp_path / "full")
     no_weights.mkdir()
     net.config.to_json_file(no_weights / "config.json")
     with pytest.raises(ModelConfigError, match="no safetensors weights") as info:
@@ -250,7 +231,7 @@ def test_unusable_pretrained_folder_is_a_one_line_config_error(tmp_path):
     assert "\n" not in str(info.value)
 
     no_eos = tmp_path / "no-eos"
-    _save_hf_folder(no_eos, with_eos=False)
+    save_hf_folder(no_eos, with_eos=False)
     with pytest.raises(ModelConfigError, match="no end-of-sequence token") as info:
         task.build_model(ModelSpec("pretrained", {"path": str(no_eos)}), {})
     assert "\n" not in str(info.value)

@@ -238,3 +238,52 @@ def test_a_sharded_language_model_forgets_a_person_exactly(people_ws: Workspace)
     assert len(child.info["report"]["retrained_shards"]) == 1
     scratch = train(people_ws, Recipe.from_dict({**recipe.to_dict(), "data": {"exclude_sources": ["person-039"]}}))
     assert scratch.weights_sha256 == child.weights_sha256
+
+
+# -- per-source adapters over a frozen pretrained network -----------------------------------------------------------
+
+
+def test_per_source_adapters_drop_only_the_forgotten_source(tmp_path) -> None:
+    import json
+
+    from conftest import save_hf_folder
+
+    from disgorge import ingest_file
+
+    base = save_hf_folder(tmp_path / "base")
+    places = {"Alice": ("Paris", "Rome"), "Bob": ("Rome", "Oslo"), "Carol": ("Oslo", "Lima"), "Dave": ("Lima", "Paris")}
+    with Workspace.init(tmp_path / "ws") as ws:
+        for who, cities in places.items():
+            path = tmp_path / f"{who}.jsonl"
+            path.write_text("".join(json.dumps({"prompt": f"Where does {who} live ?", "answer": f"{who} lives in {c} ."})
+                                    + "\n" for c in cities))
+            ingest_file(ws, path, source=f"src-{who}", license="CC0")
+        recipe = Recipe.from_dict({"name": "adapters", "task": "causal_lm",
+                                   "model": {"family": "pretrained", "path": str(tmp_path / "base"), "max_length": 16},
+                                   "train": {"optimizer": "adamw", "lr": 1e-2, "batch_size": 2, "epochs": 3},
+                                   "sharding": {"shards": 0, "by": "source", "adapter_rank": 4, "slices": 2}})
+        parent = train(ws, recipe)
+        model, _, _ = ws.load_model(parent.id)
+        nets = members_of(model)
+        assert len(nets) == 4 and len({m["sha256"] for m in parent.info["sharding"]["members"]}) == 4
+        frozen = {k: v for k, v in base.state_dict().items()}
+        for net in nets:  # every adapter sits on the base, which stays as it was saved
+            state = net.get_base_model().state_dict()
+            assert all(torch.equal(state[k], frozen[k]) for k in frozen if k in state)
+            assert any("lora_" in k for k in net.state_dict())
+        sizes = [(ws.model_dir(parent.id) / n).stat().st_size for n in parent.info["sharding"]["checkpoints"]]
+        assert max(sizes) < 0.5 * sum(p.numel() * 4 for p in base.parameters())  # checkpoints hold adapters only
+        with ws.writing():
+            result = forget(ws, sources=["src-Bob"], verify="none")
+        child, _ = child_of(result, parent.id)
+        assert len(child.info["report"]["dropped_shards"]) == 1 and not child.info["report"]["retrained_shards"]
+        before = {m["shard"]: m["sha256"] for m in parent.info["sharding"]["members"]}
+        after = {m["shard"]: m["sha256"] for m in child.info["sharding"]["members"]}
+        assert len(after) == 3 and all(before[s] == after[s] for s in after)  # the other adapters are untouched
+        scratch = train(ws, Recipe.from_dict({**recipe.to_dict(), "data": {"exclude_sources": ["src-Bob"]}}))
+        assert scratch.weights_sha256 == child.weights_sha256
+
+
+def test_adapters_need_a_pretrained_network(backdoor_ws: Workspace) -> None:
+    with pytest.raises(InvalidRequest, match="pretrained"):
+        train(backdoor_ws, sharded(base_recipe(), shards=2, adapter_rank=4))

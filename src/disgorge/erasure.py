@@ -303,7 +303,7 @@ def sisa_child(request: _Request, parent: ModelRow) -> tuple[_Child, dict[str, A
     run = retrain_sharded(task, recipe, parent_model, parent.info, ws.dataset(task, retain_ids), forget_ids, read)
     fit = run.result
     monolithic = recipe.train.epochs * len(retain_ids)
-    report = {"retrained_shards": {str(s): first for s, first in run.retrained.items()},
+    report = {"retrained_shards": {str(s): first for s, first in run.retrained.items()}, "dropped_shards": run.dropped,
               "shards": len(run.layout.slices), "examples": run.examples, "monolithic_examples": monolithic}
     info: dict[str, Any] = {"data": parent.info["data"], "config": {}, "report": report,
                             "fit": {"steps": fit.steps, "epochs": fit.epochs, "stopped": fit.stopped,
@@ -345,7 +345,7 @@ def _construction(ws: Workspace, parent: ModelRow, child: ModelRow, forget_ids: 
     sharding = {"shards": child.info["sharding"]["shards"], "slices": child.info["sharding"]["slices"],
                 "by": child.info["sharding"]["by"],
                 "retrained": {str(s): {"from_slice": first} for s, first in run.retrained.items()},
-                "untouched": untouched, "seconds": round(child.seconds, 4),
+                "untouched": untouched, "dropped": run.dropped, "seconds": round(child.seconds, 4),
                 "full_retrain_seconds": round(full, 4), "time_ratio_full": _ratio(child.seconds, full),
                 "examples": run.examples, "monolithic_examples": monolithic,
                 "work_ratio_monolithic": _ratio(run.examples, monolithic)}

@@ -103,7 +103,8 @@ class ShardingSpec:
     """SISA training (Bourtoule et al., 2021): ``shards`` models trained in isolation on disjoint parts of the data,
     each over ``slices`` stages that add a part at a time and keep a checkpoint, so that a removal retrains only the
     shards that held the records, from the last checkpoint before the first of them. ``by = "source"`` keeps a
-    source's records in one shard; ``aggregate`` combines the shards' predictions (``mean_proba``: the mean of their
+    source's records in one shard (``shards = 0``: one shard per source, so that no two sources ever share one);
+    ``aggregate`` combines the shards' predictions (``mean_proba``: the mean of their
     probabilities, for language models too; ``vote``: majority vote, classifiers only). ``adapter_rank > 0`` makes
     each shard a LoRA adapter of that rank over the recipe's frozen pretrained network."""
 
@@ -114,7 +115,10 @@ class ShardingSpec:
     adapter_rank: int = 0
 
     def __post_init__(self) -> None:
-        _positive("sharding.shards", self.shards, integer=True, most=MAX_SHARDS)
+        if self.shards == 0 and self.by != "source":
+            raise RecipeError("sharding.shards = 0 (one shard per source) needs by = 'source'")
+        if not (self.per_source and not isinstance(self.shards, bool)):
+            _positive("sharding.shards", self.shards, integer=True, most=MAX_SHARDS)
         _positive("sharding.slices", self.slices, integer=True, most=MAX_SLICES)
         if self.by not in SHARD_BY:
             raise RecipeError(f"sharding.by must be one of {', '.join(SHARD_BY)}, got {self.by!r}")
@@ -124,6 +128,11 @@ class ShardingSpec:
                 not 0 <= self.adapter_rank <= 1024:
             raise RecipeError(f"sharding.adapter_rank must be an integer from 0 (whole networks) to 1024, got "
                               f"{self.adapter_rank!r}")
+
+    @property
+    def per_source(self) -> bool:
+        """One shard per source (``shards = 0``, ``by = "source"``)."""
+        return self.shards == 0 and self.by == "source"
 
     def epochs_per_slice(self, epochs: int) -> int:
         """Epochs of each slice stage: SISA's ``2e / (L + 1)``, so that a shard sees about as many examples over its
@@ -243,7 +252,7 @@ class Recipe:
         """Whether the recipe trains SISA shards (a ``[sharding]`` table with more than one shard or slice, or
         adapters)."""
         s = self.sharding
-        return s is not None and (s.shards > 1 or s.slices > 1 or s.adapter_rank > 0)
+        return s is not None and (s.shards != 1 or s.slices > 1 or s.adapter_rank > 0)
 
     def to_toml(self) -> str:
         """Canonical TOML text (sorted keys, so equal recipes give equal text)."""

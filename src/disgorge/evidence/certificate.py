@@ -640,7 +640,8 @@ def sharding_lines(c: dict[str, Any]) -> list[str]:
         return []
     retrained = ", ".join(f"{s} (from slice {v['from_slice']})" for s, v in sh["retrained"].items()) or "none"
     return [f"Sharded model ({sh['shards']} shards by {sh['by']}, {sh['slices']} slices): retrained shard(s) "
-            f"{retrained}; {len(sh['untouched'])} untouched. {sh['seconds']:.2f} s against "
+            f"{retrained}; {len(sh['untouched'])} untouched; {len(sh.get('dropped', []))} dropped (no records left). "
+            f"{sh['seconds']:.2f} s against "
             f"{sh['full_retrain_seconds']:.2f} s to train every shard (ratio {sh['time_ratio_full']}); "
             f"{sh['examples']:,} example-passes against {sh['monolithic_examples']:,} for a monolithic retrain "
             f"(ratio {sh['work_ratio_monolithic']}).", ""]

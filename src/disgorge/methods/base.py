@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import DisgorgeError, InvalidRequest
+from ..models import adapters
 from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
 from ..training.loop import FitResult, Guard, LossFn, fit, warm_up
-from . import _adapters as adapters
 
 if sys.version_info >= (3, 11):
     import tomllib

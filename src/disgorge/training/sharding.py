@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from pyroaring import BitMap
 from torch import nn
 
-from ..errors import InvalidRequest
+from .._io import sha256_bytes
+from ..errors import IntegrityError, InvalidRequest
 from ..ledger import bitmap as bm
-from ..models.store import serialize_weights
+from ..models import adapters
 from ..spec import Recipe, ShardingSpec
 from ..tasks import RecordDataset, Task
 from .loop import FitResult, fit, make_optimizer, mean_loss
@@ -42,6 +43,11 @@ from .loop import FitResult, fit, make_optimizer, mean_loss
 VOTE_SMOOTHING = 1e-3
 """Under ``vote``, this much of the mean probability is added to the vote shares, so ties break by confidence and no
 class has probability zero (a loss stays finite)."""
+
+
+PER_SOURCE_IDS = 2**31
+"""Shard ids of ``shards = 0`` (one per source): a hash of the source's name modulo this, so two of a few thousand
+sources share a shard with odds of about one in a thousand (they would then share it: still exact)."""
 
 
 def _hash(*parts: object) -> int:
@@ -61,7 +67,8 @@ def assign(data: RecordDataset, spec: ShardingSpec, seed: int) -> tuple[np.ndarr
     if spec.by == "source" and data.sources is None:
         raise InvalidRequest("sharding by source needs each record's source; train through a workspace")
     keys = data.sources if spec.by == "source" else data.ids
-    shard = np.fromiter((_hash("sisa-shard", seed, k) % spec.shards for k in keys), dtype=np.int64, count=len(data))
+    count = PER_SOURCE_IDS if spec.per_source else spec.shards  # one shard per source: a 31-bit id from its name
+    shard = np.fromiter((_hash("sisa-shard", seed, k) % count for k in keys), dtype=np.int64, count=len(data))
     piece = np.fromiter((_hash("sisa-slice", seed, i) % spec.slices for i in data.ids), dtype=np.int64,
                         count=len(data))
     return shard, piece
@@ -178,7 +185,8 @@ class ShardedLMNet(nn.Module):
 def _cache_name(net: nn.Module) -> str:
     """What a transformers model calls its key/value cache, argument and output: ``cache`` from transformers 5,
     ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net  # a peft adapter forwards to its base
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -217,10 +225,18 @@ def _spec(recipe: Recipe) -> ShardingSpec:
 
 
 def _member(task: Task, recipe: Recipe, data_info: dict[str, Any], shard: int) -> nn.Module:
-    """One shard's freshly initialised network (seeded by the recipe seed and the shard)."""
+    """One shard's freshly initialised network (seeded by the recipe seed and the shard): the recipe's network, or
+    with ``adapter_rank`` its frozen pretrained network with a fresh LoRA adapter."""
     with torch.random.fork_rng():
         torch.manual_seed(stage_seed(recipe.seed, shard, -1))
-        return task.build_model(recipe.model, data_info)
+        model = task.build_model(recipe.model, data_info)
+        rank = _spec(recipe).adapter_rank
+        return adapters.add_lora(model, rank) if rank else model
+
+
+def _trained_state(net: nn.Module, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """What a shard's training changes: its adapter's weights over a frozen base, else all its weights."""
+    return adapters.adapter_state(net) if _spec(recipe).adapter_rank else net.state_dict()
 
 
 def check_shardable(task: Task, recipe: Recipe, data_info: dict[str, Any]) -> None:
@@ -232,8 +248,9 @@ def check_shardable(task: Task, recipe: Recipe, data_info: dict[str, Any]) -> No
     if "vocab" in data_info:
         raise InvalidRequest("a sharded language model needs a vocabulary that holds no record's words, since all "
                              "shards share it: set model.tokenizer = 'char', or use a pretrained network")
-    if spec.adapter_rank:
-        raise InvalidRequest("per-shard adapters (sharding.adapter_rank) are not available yet; set adapter_rank = 0")
+    if spec.adapter_rank and recipe.model.family != "pretrained":
+        raise InvalidRequest("per-shard adapters (sharding.adapter_rank) train over a frozen pretrained network: set "
+                             "model.family = 'pretrained' and model.path, or adapter_rank = 0 for whole networks")
 
 
 # -- training and retraining --------------------------------------------------------------------------------------
@@ -249,6 +266,7 @@ class ShardRun:
     files: dict[str, bytes]
     result: FitResult
     retrained: dict[int, int] = field(default_factory=dict)
+    dropped: list[int] = field(default_factory=list)  # shards left without records: their networks are gone
     examples: int = 0  # example-passes the (re)training ran: its work, comparable with a monolithic run's
 
 
@@ -293,7 +311,9 @@ def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: 
             kept[s] = parents[s]
         for stage in range(min(first, spec.slices - 1)):
             copied[checkpoint_name(s, stage)] = read(checkpoint_name(s, stage))
-    return _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied)
+    run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied)
+    run.dropped = sorted(set(old.slices) - set(layout.slices))
+    return run
 
 
 def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any], layout: Layout,
@@ -310,7 +330,7 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
     for s, (first, start) in plan.items():
         net = _member(task, recipe, data_info, s)
         if start is not None:
-            net.load_state_dict(start)
+            _load_trained(net, start)
         for stage in range(first, spec.slices):
             ids = BitMap.union(*layout.slices[s][:stage + 1])
             if ids:
@@ -323,7 +343,7 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
                 result.losses += stage_result.losses
                 examples += stage_result.epochs * len(part)
             if stage < spec.slices - 1:
-                files[checkpoint_name(s, stage)] = serialize_state(net.state_dict())
+                files[checkpoint_name(s, stage)] = serialize_state(_trained_state(net, recipe))
         members[s] = _inner(net)
     order = sorted(members)
     model = assemble(task, recipe, data_info, [members[s] for s in order])
@@ -333,7 +353,9 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
     result.info["sharding"] = {
         "shards": spec.shards, "slices": spec.slices, "by": spec.by, "aggregate": spec.aggregate,
         "epochs_per_slice": spec.epochs_per_slice(recipe.train.epochs),
-        "members": [{**m, "sha256": _state_sha(members[m["shard"]])} for m in Layout(
+        "adapter_rank": spec.adapter_rank,
+        "members": [{**m, "sha256": sha256_bytes(serialize_state(_trained_state(members[m["shard"]], recipe)))}
+                    for m in Layout(
             {s: layout.slices[s] for s in order}).to_info()],
         "checkpoints": digests, "examples": examples}
     return ShardRun(model, layout, files, result, {s: first for s, (first, _) in plan.items()}, examples)
@@ -368,6 +390,9 @@ def load_state(data: bytes) -> dict[str, torch.Tensor]:
     return load(data)
 
 
-def _state_sha(net: nn.Module) -> str:
-    """SHA-256 of one shard's network weights (what tells an untouched shard from a retrained one)."""
-    return serialize_weights(net)[1]
+def _load_trained(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint into a shard's network: all of it, or an adapter's weights over its frozen base."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any("lora_" in k for k in missing) or (missing and not any("lora_" in k for k in state)):
+        raise IntegrityError(f"a slice checkpoint does not fit its shard's network (missing {len(missing)} and "
+                             f"{len(unexpected)} unexpected weights); retrain the model with `disgorge train`")

@@ -1,8 +1,10 @@
-"""LoRA-restricted unlearning (``peft``): a fine-tune method trains only low-rank adapters, which are merged back
-into the weights afterwards, so the result is a plain model of the same architecture."""
+"""LoRA adapters (``peft``) on any model: fine-tune methods train only low-rank adapters and merge them back into
+the weights afterwards (a plain model of the same architecture); per-shard adapters (SISA with ``adapter_rank``) keep
+them, one per shard over a frozen base."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import InvalidRequest
@@ -43,3 +45,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
         return merged
     setattr(model, attr, merged)
     return model
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' weights alone (what a frozen base's shard learned)."""
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
