@@ -247,7 +247,6 @@ def test_per_source_adapters_drop_only_the_forgotten_source(tmp_path) -> None:
     import json
 
     from conftest import save_hf_folder
-
     from disgorge import ingest_file
 
     base = save_hf_folder(tmp_path / "base")
