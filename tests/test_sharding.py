@@ -254,8 +254,8 @@ def test_per_source_adapters_drop_only_the_forgotten_source(tmp_path) -> None:
     with Workspace.init(tmp_path / "ws") as ws:
         for who, cities in places.items():
             path = tmp_path / f"{who}.jsonl"
-            path.write_text("".join(json.dumps({"prompt": f"Where does {who} live ?", "answer": f"{who} lives in {c} ."})
-                                    + "\n" for c in cities))
+            rows = [{"prompt": f"Where does {who} live ?", "answer": f"{who} lives in {c} ."} for c in cities]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             ingest_file(ws, path, source=f"src-{who}", license="CC0")
         recipe = Recipe.from_dict({"name": "adapters", "task": "causal_lm",
                                    "model": {"family": "pretrained", "path": str(tmp_path / "base"), "max_length": 16},

@@ -13,7 +13,7 @@ from torch import nn
 from . import erasure
 from .data import load_file
 from .data.files import holdout_split
-from .erasure import AUTO, EXACT_BUDGET, ForgetResult, VerificationFailed, ensure_reference, resolve_level
+from .erasure import AUTO, EXACT_BUDGET, SISA, ForgetResult, VerificationFailed, ensure_reference, resolve_level
 from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
@@ -205,6 +205,9 @@ def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: st
     if models < 3:
         raise InvalidRequest("the strong test needs at least 3 models per side (--strong-models)")
     row, req = _unlearned(ws, model_id)
+    if row.method == SISA:
+        raise InvalidRequest(f"model {model_id} was unlearned exactly, by retraining its shards (sisa): it equals its "
+                             "recipe trained without the records, so a per-example test has nothing to find")
     if req.status == "erased":
         raise InvalidRequest(f"request {req.id}'s records are erased, so no new model can be measured on them; "
                              "use `disgorge forget --defer-erase`, then `verify --strong`, then `disgorge erase`")

@@ -281,9 +281,13 @@ def train(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="re
 
 
 def _shards_note(info: dict[str, Any]) -> str:
-    """``; N shards x L slices`` for a sharded model (nothing otherwise)."""
-    sh = info.get("sharding")
-    return f"; {len(sh['members'])} shard(s) x {sh['slices']} slice(s) by {sh['by']}" if sh else ""
+    """``; N shards x L slices`` for a sharded model, ``; differential privacy epsilon E`` for a private one (nothing
+    otherwise)."""
+    sh, dp = info.get("sharding"), info.get("privacy")
+    note = f"; {len(sh['members'])} shard(s) x {sh['slices']} slice(s) by {sh['by']}" if sh else ""
+    if dp:
+        note += f"; differential privacy epsilon {dp['epsilon']:.3g} at delta {dp['delta']:.0e}"
+    return note
 
 
 @app.command()

@@ -363,6 +363,20 @@ weight_decay = 0.0             # L2 (adam, sgd) or decoupled (adamw); > 0 lets `
 momentum = 0.9                 # sgd only
 batch_size = 64
 epochs = 20
+
+# Optional: train so that removals are exact (SISA). A removal then retrains only the shards that held the records,
+# from the last slice before them; the result equals this recipe trained without them. Costs some accuracy.
+# [sharding]
+# shards = 8                   # networks trained in isolation (0 with by = "source": one per source)
+# slices = 4                   # stages per shard, each checkpointed (a removal restarts from the one before it)
+# by = "source"                # record | source (a source's records share one shard, so forgetting it touches one)
+# aggregate = "mean_proba"     # mean_proba | vote
+
+# Optional: differentially private training (opacus; not with [sharding]). The spent epsilon goes into the card.
+# [privacy]
+# epsilon = 8.0
+# delta = 1e-5
+# max_grad_norm = 1.0
 ''',
     "causal_lm": '''\
 # A disgorge recipe for a causal language model over records {"text": ...} or {"prompt": ..., "answer": ...}
@@ -394,6 +408,13 @@ weight_decay = 0.0
 momentum = 0.9                 # sgd only
 batch_size = 32
 epochs = 50
+
+# Optional: exact removals by design (SISA). Sharded language models need tokenizer = "char" or a pretrained network
+# (all shards share one vocabulary, so it must hold no record's words).
+# [sharding]
+# shards = 0                   # 0 with by = "source": one shard per source
+# by = "source"
+# adapter_rank = 8             # family = "pretrained" only: each shard is a LoRA adapter over the frozen network
 ''',
 }
 """Commented recipes for users' own data, by task (``disgorge recipe --template TASK``)."""
