@@ -29,7 +29,8 @@ LAYERS = [
     ["erasure"],
     ["jobs"],
     ["api"],
-    ["bench", "demo", "report"],
+    ["report"],
+    ["bench", "demo"],
     ["cli"],
     ["__init__"],
 ]

@@ -286,3 +286,36 @@ def test_per_source_adapters_drop_only_the_forgotten_source(tmp_path) -> None:
 def test_adapters_need_a_pretrained_network(backdoor_ws: Workspace) -> None:
     with pytest.raises(InvalidRequest, match="pretrained"):
         train(backdoor_ws, sharded(base_recipe(), shards=2, adapter_rank=4))
+
+
+def test_shards_give_the_same_weights_in_parallel_workers(backdoor_ws: Workspace) -> None:
+    recipe = sharded(base_recipe(), shards=3, slices=2, by="record")
+    here = train(backdoor_ws, recipe)
+    pooled = train(backdoor_ws, recipe, workers=2)  # two spawned processes, one shard each at a time
+    assert pooled.weights_sha256 == here.weights_sha256
+    assert pooled.info["sharding"]["checkpoints"] == here.info["sharding"]["checkpoints"]
+
+
+def test_command_line_trains_and_forgets_a_sharded_model(backdoor_ws: Workspace, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "sharded.toml"
+    recipe.write_text(sharded(base_recipe(), shards=4, by="source").to_toml())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISGORGE_")} | {"DISGORGE_PROGRESS": "0",
+                                                                                   "COLUMNS": "250"}
+    root = str(backdoor_ws.root)
+    backdoor_ws.close()
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "disgorge.cli", *args, "--workspace", root], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    trained = cli("train", str(recipe))
+    model = trained.split()[1]
+    assert "shard(s) x 1 slice(s) by source" in trained
+    out = cli("forget", "--source", WITHDRAWN, "--model", model, "--defer-erase")
+    assert f"{model} -> " in out and "(sisa: sharded)" in out and "retrained shard(s)" in out and "untouched" in out
+    assert "shards_clean" in out and "exact evidence" in out

@@ -111,8 +111,10 @@ def ingest_file(ws: Workspace, path: str | Path, *, source: str, license: str, o
 
 
 @_writes
-def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
-    """Train a recipe (object or TOML file) on the workspace's ledger and record the new model; returns its row."""
+def train(ws: Workspace, recipe: Recipe | str | Path, *, executor: str = "local", workers: int = 1) -> ModelRow:
+    """Train a recipe (object or TOML file) on the workspace's ledger and record the new model; returns its row. A
+    sharded recipe's shards train as independent jobs on ``executor`` with ``workers`` (1: one after another in this
+    process)."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     task = check_recipe(recipe)
@@ -121,7 +123,12 @@ def train(ws: Workspace, recipe: Recipe | str | Path) -> ModelRow:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no active training records; ingest data first")
     data = ws.dataset(task, ids)
     info = {"data": task.data_info(data, recipe.model)}
-    model, result = fit_recipe(task, recipe, data, info["data"])
+    runner = get_executor(executor, workers=workers) if recipe.sharded else None
+    try:
+        model, result = fit_recipe(task, recipe, data, info["data"], runner)
+    finally:
+        if runner is not None:
+            runner.close()
     info["fit"] = {"steps": result.steps, "epochs": result.epochs, "final_loss": result.losses[-1]}
     info.update(result.info)
     info["accuracy"] = _accuracy(ws, task, model, data)

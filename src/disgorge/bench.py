@@ -24,6 +24,7 @@ from .executors import Executor, get_executor
 from .jobs import Job, Problem, run, strong_test
 from .methods import METHODS
 from .methods.registry import parse_variant
+from .report.benchmarks import scenario_results
 from .scenarios import get_scenario
 from .tasks import get_task
 from .workspace import Workspace
@@ -198,15 +199,6 @@ def _evidence(per_seed: list[dict[str, Any]], who: str) -> dict[str, Any]:
                                           for s in per_seed if "verify_seconds" in s[who]]),
             "relearn_recovered": recovered("relearn"), "relearn_recovered_retrain": recovered("relearn", True),
             "quantized_recovered": recovered("quantized")}
-
-
-RESULT_FILES = ("summary.json", "verification.json")
-"""Files of a results folder that are not one scenario's results."""
-
-
-def scenario_results(out: Path) -> list[dict[str, Any]]:
-    """Every ``<scenario>.json`` in ``out``, by name."""
-    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json")) if p.name not in RESULT_FILES]
 
 
 def write_summary(out: Path) -> list[dict[str, Any]]:

@@ -263,14 +263,22 @@ def recipe(scenario: Annotated[str | None, typer.Argument(help="a bundled scenar
     sys.stdout.write(get_scenario(scenario).recipe().to_toml())
 
 
+ShardExecutorOpt = Annotated[str, typer.Option("--executor", help="sharded recipes: where shards train (local or "
+                                                                   "ray)")]
+ShardWorkersOpt = Annotated[int, typer.Option("--workers", help="sharded recipes: shards trained at once (1: one "
+                                                                "after another in this process)")]
+
+
 @app.command()
 def train(recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="recipe TOML file")],
+          executor: ShardExecutorOpt = "local", workers: ShardWorkersOpt = 1,
           workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Train a model from a recipe; writes an immutable model folder and prints its accuracy."""
     from . import api
 
+    _check_workers(workers)
     with _ws(workspace) as ws:
-        row = api.train(ws, recipe_file)
+        row = api.train(ws, recipe_file, executor=executor, workers=workers)
         acc = row.info["accuracy"]
         data = {"model": row.id, "records": len(row.records), "seconds": round(row.seconds, 2),
                 "sha256": row.weights_sha256, "accuracy": acc}
@@ -438,6 +446,8 @@ def forget(
                                                                       "a --source's, and --records ids among them "
                                                                       "(by default they stay, for verification)")
                             ] = False,
+    executor: ShardExecutorOpt = "local",
+    workers: ShardWorkersOpt = 1,
     workspace: WorkspaceOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -466,7 +476,8 @@ def forget(
                             model=model, method=method, options=options, reason=reason,
                             verify="none" if no_verify else verify, exact_budget=exact_budget, purpose=purpose,
                             erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget,
-                            keep_superseded=keep_superseded, include_test=include_test)
+                            keep_superseded=keep_superseded, include_test=include_test,
+                            executor=executor, workers=workers)
         data = {"request": result.request_id, "records": result.records, "method": method,
                 "children": [{"parent": c.parent, "model": c.id} for c in result.children],
                 "erased": result.erased, "deletion": vars(result.deletion), "certificates": result.certificates,

@@ -25,6 +25,7 @@ from .errors import DisgorgeError, IntegrityError, InvalidRequest
 from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe
+from .executors import get_executor
 from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes, workspace_purpose
@@ -117,6 +118,8 @@ class _Request:
     verify: str = AUTO
     exact_budget: float = EXACT_BUDGET
     purpose: str = "privacy"
+    executor: str = "local"  # where a sharded model's shards retrain
+    workers: int = 1
 
 
 Unlearner = Callable[[_Request, ModelRow], tuple[ModelRow, Certificate | None]]
@@ -128,7 +131,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
            thresholds: Thresholds | None = None, accept_failed: bool = False,
            budget_fraction: float = AUTO_BUDGET, exact_budget: float = EXACT_BUDGET,
            purpose: str | None = None, keep_superseded: bool = False,
-           include_test: bool = False) -> ForgetResult:
+           include_test: bool = False, executor: str = "local", workers: int = 1) -> ForgetResult:
     """Remove the selected records' effect from every model that saw them, verify, then erase them.
 
     ``verify`` is the evidence level: ``exact`` (against a model retrained without the records), ``heldout``
@@ -140,7 +143,9 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     verification aborts the request (nothing erased, the rejected certificate kept for inspection) unless
     ``accept_failed``; one whose original was already indistinguishable from an unseen set is committed.
 
-    A source's held-out (split ``test``) records are left alone unless ``include_test``.
+    A source's held-out (split ``test``) records are left alone unless ``include_test``. A sharded model is always
+    unlearned exactly, by retraining the shards that held the records (``sisa``; ``method`` serves the others), as
+    jobs on ``executor`` with ``workers``.
 
     After an erasure the weights of every model that saw the records and is no longer in service (the parents,
     stale references) are deleted, unless ``keep_superseded``; ``deletion`` in the result says what went. The
@@ -167,7 +172,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
                 "random_fraction": random_fraction, "seed": seed, "model": model}
     request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws), selector, reason,
-                       now(), level, exact_budget, purpose)
+                       now(), level, exact_budget, purpose, executor, workers)
     children: list[ModelRow] = []
     certificates: list[Certificate] = []
     try:
@@ -300,7 +305,12 @@ def sisa_child(request: _Request, parent: ModelRow) -> tuple[_Child, dict[str, A
         return ws.model_file(parent.id, name, digests[name])
 
     log.info("retraining the shards of %s that held any of %d records", parent.id, len(forget_ids))
-    run = retrain_sharded(task, recipe, parent_model, parent.info, ws.dataset(task, retain_ids), forget_ids, read)
+    runner = get_executor(request.executor, workers=request.workers)
+    try:
+        run = retrain_sharded(task, recipe, parent_model, parent.info, ws.dataset(task, retain_ids), forget_ids,
+                              read, runner)
+    finally:
+        runner.close()
     fit = run.result
     monolithic = recipe.train.epochs * len(retain_ids)
     report = {"retrained_shards": {str(s): first for s, first in run.retrained.items()}, "dropped_shards": run.dropped,

@@ -179,11 +179,20 @@ def plot(results: list[dict[str, Any]], path: Path) -> dict[str, dict[str, tuple
     return drawn
 
 
+RESULT_FILES = ("summary.json", "verification.json", "reliability.json", "sharding.json")
+"""Files of a results folder that are not one scenario's results (the last two: ``benchmarks/reliability.py``'s and
+``benchmarks/sharding.py``'s)."""
+
+
+def scenario_results(out: Path) -> list[dict[str, Any]]:
+    """Every ``<scenario>.json`` in ``out``, by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json")) if p.name not in RESULT_FILES]
+
+
 def write_report(results_dir: Path, report: Path, *, command: str, machine: dict[str, Any]) -> None:
     """Write ``report`` (markdown) and ``results_dir/avg_gap_vs_time.png`` from the results JSON files; each
     scenario names the command that produced it (``command`` for results that do not)."""
-    results = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))
-               if p.name not in ("summary.json", "verification.json")]
+    results = scenario_results(results_dir)
     png = Path(results_dir) / "avg_gap_vs_time.png"
     plot(results, png)
     runs: dict[str, list[dict[str, Any]]] = {}

@@ -34,10 +34,12 @@ from torch import nn
 
 from .._io import sha256_bytes
 from ..errors import IntegrityError, InvalidRequest
+from ..executors import Executor
+from ..executors.local import LocalExecutor
 from ..ledger import bitmap as bm
 from ..models import adapters
 from ..spec import Recipe, ShardingSpec
-from ..tasks import RecordDataset, Task
+from ..tasks import RecordDataset, Task, get_task
 from .loop import FitResult, fit, make_optimizer, mean_loss
 
 VOTE_SMOOTHING = 1e-3
@@ -280,17 +282,19 @@ Reader = Callable[[str], bytes]
 """Reads a checkpoint file of the parent model by name (checked against its recorded sha256)."""
 
 
-def fit_sharded(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any]) -> ShardRun:
-    """Train every shard of ``recipe`` on ``data`` from its initialisation; bit-identical on the CPU."""
+def fit_sharded(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any],
+                executor: Executor | None = None) -> ShardRun:
+    """Train every shard of ``recipe`` on ``data`` from its initialisation, as independent jobs on ``executor`` (in
+    this process when None); bit-identical on the CPU for the same executor settings."""
     check_shardable(task, recipe, data_info)
     layout = Layout.of(data, _spec(recipe), recipe.seed)
     if not layout.slices:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
-    return _run(task, recipe, data, data_info, layout, {s: (0, None) for s in layout.slices}, {}, {})
+    return _run(task, recipe, data, data_info, layout, {s: (0, None) for s in layout.slices}, {}, {}, executor)
 
 
 def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: dict[str, Any],
-                    retain: RecordDataset, forget: BitMap, read: Reader) -> ShardRun:
+                    retain: RecordDataset, forget: BitMap, read: Reader, executor: Executor | None = None) -> ShardRun:
     """The parent sharded model without the ``forget`` records: each shard that held one is retrained from its
     checkpoint before the first slice holding one (from its initialisation when that is slice 0); the others, and
     the checkpoints before that slice, are kept as they are. A shard left without records is dropped."""
@@ -299,66 +303,116 @@ def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: 
     parents = dict(zip(old.slices, members_of(parent), strict=True))
     layout = Layout({s: [b - forget for b in parts] for s, parts in old.slices.items()
                      if any(b - forget for b in parts)})
-    plan: dict[int, tuple[int, dict[str, torch.Tensor] | None]] = {}
+    plan: dict[int, tuple[int, bytes | None]] = {}
     kept: dict[int, nn.Module] = {}
     copied: dict[str, bytes] = {}
     for s in layout.slices:
         hits = [stage for stage, b in enumerate(old.slices[s]) if b & forget]
         first = hits[0] if hits else spec.slices
         if hits:
-            plan[s] = (first, load_state(read(checkpoint_name(s, first - 1))) if first > 0 else None)
+            plan[s] = (first, read(checkpoint_name(s, first - 1)) if first > 0 else None)
         else:
             kept[s] = parents[s]
         for stage in range(min(first, spec.slices - 1)):
             copied[checkpoint_name(s, stage)] = read(checkpoint_name(s, stage))
-    run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied)
+    run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied, executor)
     run.dropped = sorted(set(old.slices) - set(layout.slices))
     return run
 
 
+SHARD_THREADS = 1
+"""Torch threads of every shard's training, in this process or a worker (parallelism comes from workers)."""
+
+
+@dataclass
+class ShardJob:
+    """One shard's (re)training, picklable for an executor: its records (all slices, after any removal) and from
+    which stage and weights it starts."""
+
+    task: str
+    recipe: Recipe
+    data_info: dict[str, Any]
+    shard: int
+    first: int
+    start: bytes | None
+    data: RecordDataset
+    slices: list[list[int]]
+
+
+def train_shard(job: ShardJob) -> dict[str, Any]:
+    """Train one shard from ``job.first`` to its last stage: its trained weights and checkpoints as safetensors bytes,
+    and what the loop did. A module-level function, so executors can run shards in other processes. It runs on one
+    torch thread (:data:`SHARD_THREADS`): a CPU's floating-point sums depend on how many threads split them, and a
+    shard's weights must not depend on how many shards run at once or where."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SHARD_THREADS)
+    try:
+        return _train_shard(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_shard(job: ShardJob) -> dict[str, Any]:
+    task, recipe, spec = get_task(job.task), job.recipe, _spec(job.recipe)
+    net = _member(task, recipe, job.data_info, job.shard)
+    if job.start is not None:
+        _load_trained(net, load_state(job.start))
+    out: dict[str, Any] = {"shard": job.shard, "files": {}, "steps": 0, "epochs": 0, "rollbacks": 0, "losses": [],
+                           "examples": 0}
+    for stage in range(job.first, spec.slices):
+        ids = [i for part in job.slices[:stage + 1] for i in part]
+        if ids:
+            part = job.data.subset(ids)
+            done = _train_stage(task, recipe, net, part, stage_seed(recipe.seed, job.shard, stage),
+                                spec.epochs_per_slice(recipe.train.epochs), f"shard {job.shard} slice {stage}")
+            out["steps"] += done.steps
+            out["epochs"] += done.epochs
+            out["rollbacks"] += done.rollbacks
+            out["losses"] += done.losses
+            out["examples"] += done.epochs * len(part)
+        if stage < spec.slices - 1:
+            out["files"][checkpoint_name(job.shard, stage)] = serialize_state(_trained_state(net, recipe))
+    out["state"] = serialize_state(_trained_state(net, recipe))
+    return out
+
+
 def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any], layout: Layout,
-         plan: dict[int, tuple[int, dict[str, torch.Tensor] | None]], kept: dict[int, nn.Module],
-         copied: dict[str, bytes]) -> ShardRun:
-    """Train the shards in ``plan`` (shard -> (first stage, weights to start it from or None for the
-    initialisation)), keep the networks in ``kept``, and assemble them in shard order."""
+         plan: dict[int, tuple[int, bytes | None]], kept: dict[int, nn.Module], copied: dict[str, bytes],
+         executor: Executor | None) -> ShardRun:
+    """Train the shards in ``plan`` (shard -> (first stage, checkpoint to start it from or None for the
+    initialisation)) as independent jobs on ``executor`` (in this process when None), keep the networks in
+    ``kept``, and assemble them in shard order."""
     spec = _spec(recipe)
     started = time.perf_counter()
+    jobs = [ShardJob(task.name, recipe, data_info, s, first, start, data.subset(layout.records(s)),
+                     [sorted(b) for b in layout.slices[s]]) for s, (first, start) in plan.items()]
+    runner = executor or LocalExecutor(workers=1)
+    done = runner.map(train_shard, jobs, description=f"train {len(jobs)} shard(s)")
     files = dict(copied)
     result = FitResult()
     members: dict[int, nn.Module] = dict(kept)
-    examples = 0
-    for s, (first, start) in plan.items():
-        net = _member(task, recipe, data_info, s)
-        if start is not None:
-            _load_trained(net, start)
-        for stage in range(first, spec.slices):
-            ids = BitMap.union(*layout.slices[s][:stage + 1])
-            if ids:
-                part = data.subset(ids)
-                stage_result = _train_stage(task, recipe, net, part, stage_seed(recipe.seed, s, stage),
-                                            spec.epochs_per_slice(recipe.train.epochs), f"shard {s} slice {stage}")
-                result.steps += stage_result.steps
-                result.epochs += stage_result.epochs
-                result.rollbacks += stage_result.rollbacks
-                result.losses += stage_result.losses
-                examples += stage_result.epochs * len(part)
-            if stage < spec.slices - 1:
-                files[checkpoint_name(s, stage)] = serialize_state(_trained_state(net, recipe))
-        members[s] = _inner(net)
+    for out in done:
+        net = _member(task, recipe, data_info, out["shard"])
+        _load_trained(net, load_state(out["state"]))
+        members[out["shard"]] = _inner(net.eval())
+        files.update(out["files"])
+        result.steps += out["steps"]
+        result.epochs += out["epochs"]
+        result.rollbacks += out["rollbacks"]
+        result.losses += out["losses"]
+    examples = sum(out["examples"] for out in done)
     order = sorted(members)
     model = assemble(task, recipe, data_info, [members[s] for s in order])
     model.eval()
     result.seconds = time.perf_counter() - started
-    digests = {name: hashlib.sha256(b).hexdigest() for name, b in files.items()}
+    files = dict(sorted(files.items()))
     result.info["sharding"] = {
         "shards": spec.shards, "slices": spec.slices, "by": spec.by, "aggregate": spec.aggregate,
-        "epochs_per_slice": spec.epochs_per_slice(recipe.train.epochs),
-        "adapter_rank": spec.adapter_rank,
+        "epochs_per_slice": spec.epochs_per_slice(recipe.train.epochs), "adapter_rank": spec.adapter_rank,
         "members": [{**m, "sha256": sha256_bytes(serialize_state(_trained_state(members[m["shard"]], recipe)))}
-                    for m in Layout(
-            {s: layout.slices[s] for s in order}).to_info()],
-        "checkpoints": digests, "examples": examples}
-    return ShardRun(model, layout, files, result, {s: first for s, (first, _) in plan.items()}, examples)
+                    for m in Layout({s: layout.slices[s] for s in order}).to_info()],
+        "checkpoints": {name: sha256_bytes(b) for name, b in files.items()}, "examples": examples}
+    return ShardRun(model, layout, files, result, {s: first for s, (first, _) in plan.items()}, examples=examples)
 
 
 def _train_stage(task: Task, recipe: Recipe, net: nn.Module, data: RecordDataset, seed: int, epochs: int,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidRequest
+from ..executors import Executor
 from ..spec import Recipe
 from ..tasks import RecordDataset, Task
 from .loop import FitResult, fit, make_optimizer, mean_loss
@@ -23,17 +24,19 @@ def build_network(task: Task, recipe: Recipe, info: dict[str, Any]) -> nn.Module
     return task.build_model(recipe.model, info["data"])
 
 
-def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, Any]) -> tuple[nn.Module, FitResult]:
+def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, Any],
+               executor: Executor | None = None) -> tuple[nn.Module, FitResult]:
     """Build and train ``recipe``'s network on ``data``; bit-identical for the same inputs on the same CPU.
 
     The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched. A sharded
-    recipe trains its shards (:mod:`.sharding`); the result's ``files`` are their slice checkpoints. A recipe with
+    recipe trains its shards (:mod:`.sharding`) as independent jobs on ``executor`` (in this process when None); the
+    result's ``files`` are their slice checkpoints. A recipe with
     ``[privacy]`` trains with DP-SGD (:mod:`.privacy`), the epsilon spent in ``result.info["privacy"]``.
     """
     if len(data) == 0:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
     if recipe.sharded:
-        run = fit_sharded(task, recipe, data, info)
+        run = fit_sharded(task, recipe, data, info, executor)
         run.result.files = run.files
         return run.model, run.result
     if recipe.privacy is not None:
