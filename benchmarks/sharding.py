@@ -212,8 +212,8 @@ def copy(src: Path, dst: Path) -> Path:
 class Bench:
     """The measurements of one case, in workspaces under ``work``."""
 
-    def __init__(self, case: Case, work: Path, epsilons: list[float]) -> None:
-        self.case, self.work, self.epsilons = case, work, epsilons
+    def __init__(self, case: Case, work: Path, epsilons: list[float], workers: int = 1) -> None:
+        self.case, self.work, self.epsilons, self.workers = case, work, epsilons, workers
         self.task = get_task(case.recipe.task)
         self.base = work / f"{case.name}-base"
         self.removals: dict[str, BitMap] = {}
@@ -310,7 +310,7 @@ class Bench:
         label = f"S={shards} by {by}, {slices} slice(s)"
         first = copy(self.base, self.work / f"{self.case.name}-sisa-{shards}-{by}-{slices}-a")
         with Workspace.open(first) as ws:
-            row = api.train(ws, recipe)
+            row = api.train(ws, recipe, workers=self.workers)
             model, _, _ = ws.load_model(row.id)
             out: dict[str, Any] = {"shards": shards, "by": by, "slices": slices,
                                    "train_seconds": round(row.seconds, 3),
@@ -322,7 +322,7 @@ class Bench:
                                       ("random", second, {"random_fraction": RANDOM_FRACTION, "seed": RANDOM_SEED})):
             with Workspace.open(root) as ws:
                 started = time.perf_counter()
-                result = api.forget(ws, method="sisa", verify="none", **selection)
+                result = api.forget(ws, method="sisa", verify="none", workers=self.workers, **selection)
                 wall = time.perf_counter() - started
                 child = result.children[0]
                 if result.records != len(self.removals[what]):
@@ -656,6 +656,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "measurement)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the workspaces (default: a temporary "
                         "folder, removed afterwards)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes that train shards at once (default: the CPU count; each shard trains on one "
+                             "torch thread, the monolithic model on all of them)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -697,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "settings": {"shards": args.shards, "lm_shards": args.lm_shards,
                                             "sliced": args.sliced, "epsilons": args.epsilons,
                                             "lm_scenario": args.lm_scenario, "lm_epochs": args.lm_epochs,
-                                            "dp_epochs": args.dp_epochs,
+                                            "dp_epochs": args.dp_epochs, "workers": args.workers,
                                             "contributors": CONTRIBUTORS, "accuracy_window": ACCURACY_WINDOW},
                                "scenarios": []}
     warm_up()
@@ -706,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("workspaces in %s", work)
     try:
         for case in cases(args):
-            result = Bench(case, work, args.epsilons).run()
+            result = Bench(case, work, args.epsilons, args.workers).run()
             if case.name == "mnist":
                 result["target"] = target(result)
             results["scenarios"].append(result)
