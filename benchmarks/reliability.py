@@ -603,14 +603,9 @@ def scan(root: Path, needles: dict[str, list[tuple[str, bytes]]]) -> list[dict[s
 
 def machine() -> dict[str, Any]:
     """What the probe ran on."""
-    cpu = platform.processor()
-    try:
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu or "unknown", "cpu_count": os.cpu_count(),
+    from disgorge.evidence.certificate import processor
+
+    return {"platform": platform.platform(), "cpu": processor(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "load_average_at_start": _load()}
 
 
@@ -774,12 +769,10 @@ def section(results: dict[str, Any], json_path: Path) -> str:
 
 
 def write_report(path: Path, text: str) -> None:
-    """Replace the section between the markers, or append it."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    new = pattern.sub(lambda _: text, old, count=1) if pattern.search(old) else \
-        old.rstrip("\n") + ("\n\n" if old.strip() else "") + text + "\n"
-    path.write_text(new, encoding="utf-8")
+    """Replace this script's section of the report, or append it; the rest of the file is left as it is."""
+    from disgorge.report.benchmarks import write_section
+
+    write_section(path, text, START, END)
 
 
 # -- main ----------------------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shlex
 import shutil
 import sys
@@ -61,7 +60,9 @@ from disgorge import api
 from disgorge._io import atomic_write_text
 from disgorge.errors import DisgorgeError
 from disgorge.evaluate.metrics import mia_auc
+from disgorge.evidence.certificate import processor
 from disgorge.ledger import NewRecord
+from disgorge.report.benchmarks import write_section
 from disgorge.scenarios import get_scenario
 from disgorge.spec import ModelSpec, PrivacySpec, Recipe, ShardingSpec, TrainSpec
 from disgorge.tasks import RecordDataset, Task, get_task
@@ -587,26 +588,15 @@ def section(results: dict[str, Any], json_path: Path) -> str:
 
 
 def write_report(path: Path, text: str) -> None:
-    """Replace the section between the markers, or append it; the rest of the file is left as it is."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    new = pattern.sub(lambda _: text, old, count=1) if pattern.search(old) else \
-        old.rstrip("\n") + ("\n\n" if old.strip() else "") + text + "\n"
-    atomic_write_text(path, new)
+    """Replace this script's section of the report, or append it; the rest of the file is left as it is."""
+    write_section(path, text, START, END)
 
 
 # -- the machine -----------------------------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
     """What the bench ran on."""
-    cpu = platform.processor()
-    try:
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu": cpu or "unknown",
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu": processor(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": _version("transformers"), "opacus": _version("opacus"),

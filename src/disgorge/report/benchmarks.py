@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,13 @@ def verification_section(results: list[dict[str, Any]], path: Path) -> list[str]
                       f"{PEOPLE_COST_TARGET}): **{'met' if cheap else 'missed'}**"
                       + (f" by {', '.join(r['method'] for r in cheap)}." if cheap else ".")]
     return [*lines, ""]
+
+
+def write_section(path: Path, text: str, start: str, end: str) -> None:
+    """Replace the part of the markdown file ``path`` between the markers ``start`` and ``end`` (``text`` includes
+    them) or append ``text``; the rest of the file is left as it is (bench scripts each own one section)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    new = pattern.sub(lambda _: text, old, count=1) if pattern.search(old) else \
+        old.rstrip("\n") + ("\n\n" if old.strip() else "") + text + "\n"
+    atomic_write_text(path, new)
