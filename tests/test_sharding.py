@@ -162,6 +162,10 @@ def test_forgetting_a_source_retrains_one_shard_exactly(backdoor_ws: Workspace) 
     assert not list(backdoor_ws.model_dir(parent.id).glob("*.safetensors"))  # the parent's checkpoints went too
     assert sorted(p.name for p in backdoor_ws.model_dir(child.id).glob("shard-*")) == \
         sorted(child.info["sharding"]["checkpoints"])
+    from disgorge.api import verify
+
+    again = verify(backdoor_ws, child.id)  # after erasure: the recorded certificate, its weights re-checked
+    assert again["sharding"] == cert["sharding"] and again["models"]["child"]["sha256"] == child.weights_sha256
 
 
 def test_forgetting_late_records_restarts_from_their_slice(backdoor_ws: Workspace) -> None:
@@ -192,6 +196,10 @@ def test_a_tampered_checkpoint_is_refused(backdoor_ws: Workspace) -> None:
     with backdoor_ws.writing(), pytest.raises(IntegrityError, match="sha256"):
         forget(backdoor_ws, records=list(parent.records)[:400], verify="none")
     assert not backdoor_ws.ledger.requests() and backdoor_ws.ledger.model(parent.id).status == "active"
+    from disgorge.doctor import examine
+
+    found = [p for f in examine(backdoor_ws) for p in f.problems if path.name in p]
+    assert found  # `disgorge doctor` names the altered checkpoint
 
 
 def test_method_sisa_serves_only_sharded_models(backdoor_ws: Workspace, trained_id: str) -> None:

@@ -66,6 +66,10 @@ CHECKS = {
     "ra_drop": ("Drop in retain accuracy (on the records kept) against {base}, in points", "at most the limit"),
     "forget_quality": ("Forget quality (TOFU): p-value that the unlearned model's truth ratios on the forget set "
                        "look like the retrained reference's", "at least the limit"),
+    "shards_clean": ("Sharded model: forgotten records in the training data of the unlearned model's shards, "
+                     "counted from the ledger's shard bitmaps (the original's count beside it)", "must be 0"),
+    "checkpoints_clean": ("Sharded model: forgotten records in the slices before the checkpoints the retrained "
+                          "shards restarted from", "must be 0"),
 }
 """Plain-language description and comparison of each certificate check, by name (``effect:<probe>`` reads as
 ``effect``); ``{target}`` and ``{base}`` name what the certificate's level compares with."""
