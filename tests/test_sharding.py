@@ -160,6 +160,9 @@ def test_forgetting_a_source_retrains_one_shard_exactly(backdoor_ws: Workspace) 
     assert set(sharding["retrained"]) == {str(s) for s in retrained} and len(sharding["untouched"]) == len(after) - 1
     assert 0 < sharding["work_ratio_monolithic"] < 1 and sharding["time_ratio_full"] > 0
     assert not list(backdoor_ws.model_dir(parent.id).glob("*.safetensors"))  # the parent's checkpoints went too
+    stray = backdoor_ws.model_dir(parent.id) / checkpoint_name(0, 0)
+    stray.write_bytes(b"left behind")
+    assert any(stray.name in p for p in backdoor_ws.model_file_problems(backdoor_ws.ledger.model(parent.id)))
     assert sorted(p.name for p in backdoor_ws.model_dir(child.id).glob("shard-*")) == \
         sorted(child.info["sharding"]["checkpoints"])
     from disgorge.api import verify
@@ -280,6 +283,12 @@ def test_per_source_adapters_drop_only_the_forgotten_source(tmp_path) -> None:
             assert any("lora_" in k for k in net.state_dict())
         sizes = [(ws.model_dir(parent.id) / n).stat().st_size for n in parent.info["sharding"]["checkpoints"]]
         assert max(sizes) < 0.5 * sum(p.numel() * 4 for p in base.parameters())  # checkpoints hold adapters only
+        weights = tmp_path / "base" / "model.safetensors"
+        original = weights.read_bytes()
+        weights.write_bytes(original[:-4] + b"\x00\x00\x00\x01")  # someone changes the base folder
+        with ws.writing(), pytest.raises(IntegrityError, match="changed since"):
+            forget(ws, sources=["src-Bob"], verify="none")
+        weights.write_bytes(original)
         with ws.writing():
             result = forget(ws, sources=["src-Bob"], verify="none")
         child, _ = child_of(result, parent.id)
@@ -327,3 +336,31 @@ def test_command_line_trains_and_forgets_a_sharded_model(backdoor_ws: Workspace,
     out = cli("forget", "--source", WITHDRAWN, "--model", model, "--defer-erase")
     assert f"{model} -> " in out and "(sisa: sharded)" in out and "retrained shard(s)" in out and "untouched" in out
     assert "shards_clean" in out and "exact evidence" in out
+
+
+def test_one_shard_per_source_drops_the_forgotten_one_under_verification(backdoor_ws: Workspace) -> None:
+    from disgorge.api import verify
+
+    parent = train(backdoor_ws, sharded(base_recipe(), shards=0, by="source"))
+    assert len(parent.info["sharding"]["members"]) == 20  # one network per contributor
+    with backdoor_ws.writing():
+        result = forget(backdoor_ws, sources=[WITHDRAWN], model=parent.id, verify="heldout", erase=False)
+    child, cert = child_of(result, parent.id)
+    assert len(child.info["report"]["dropped_shards"]) == 1 and not child.info["report"]["retrained_shards"]
+    assert cert["verdict"] == "passed" and cert["changed"] and cert["sharding"]["members"] == 19
+    assert cert["checks"]["shards_clean"]["original"] > 0 and cert["sharding"]["examples"] == 0
+    again = verify(backdoor_ws, child.id, level="exact")  # before erasure: certified by construction again
+    assert again["sharding"]["dropped"] == cert["sharding"]["dropped"] and "reference" not in again["models"]
+    assert again["checks"]["shards_clean"] == cert["checks"]["shards_clean"]
+
+
+def test_bad_workers_and_executors_are_refused(backdoor_ws: Workspace) -> None:
+    from disgorge.errors import DisgorgeError
+
+    recipe = sharded(base_recipe(), shards=2)
+    for kwargs, message in (({"workers": 0}, "workers must be"), ({"executor": "slurm"}, "unknown executor")):
+        with pytest.raises(DisgorgeError, match=message):
+            train(backdoor_ws, recipe, **kwargs)
+        with backdoor_ws.writing(), pytest.raises(DisgorgeError, match=message):
+            forget(backdoor_ws, sources=[WITHDRAWN], verify="none", **kwargs)
+    assert len(backdoor_ws.ledger.models()) == 1 and not backdoor_ws.ledger.requests()

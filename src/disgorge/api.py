@@ -13,7 +13,17 @@ from torch import nn
 from . import erasure
 from .data import load_file
 from .data.files import holdout_split
-from .erasure import AUTO, EXACT_BUDGET, SISA, ForgetResult, VerificationFailed, ensure_reference, resolve_level
+from .erasure import (
+    AUTO,
+    EXACT_BUDGET,
+    SISA,
+    ForgetResult,
+    VerificationFailed,
+    check_executor,
+    ensure_reference,
+    resolve_level,
+    sisa_construction,
+)
 from .errors import DisgorgeError, InvalidRequest
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
@@ -118,6 +128,7 @@ def train(ws: Workspace, recipe: Recipe | str | Path, *, executor: str = "local"
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     task = check_recipe(recipe)
+    check_executor(executor, workers)
     ids = ws.training_ids(recipe)
     if not ids:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no active training records; ingest data first")
@@ -160,6 +171,8 @@ def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | No
     when a reference is cached or the original trained in at most ``exact_budget`` seconds); returns the
     certificate. ``purpose`` defaults to the request's.
 
+    A sharded model's exact removal (``sisa``) is certified by construction at any level, as at erasure.
+
     If the request's records were already erased, the forget-set figures cannot be measured again: the certificate
     recorded at erasure time is returned after re-checking the weights' sha256, and its files are rewritten.
     """
@@ -183,14 +196,17 @@ def verify(ws: Workspace, model_id: str, *, level: str = AUTO, purpose: str | No
     level = resolve_level(ws, parent, retain_ids, level, exact_budget)
     purpose = purpose or req.results.get("purpose") or workspace_purpose(ws)
 
+    construction = sisa_construction(ws, parent, row, forget_ids) if row.method == SISA else None
+
     def at(chosen: str) -> dict[str, Any]:
-        reference_model, reference = ensure_reference(ws, parent, retain_ids) if chosen == EXACT else (None, None)
+        retrain = chosen == EXACT and construction is None  # a sharded child is exact by construction
+        reference_model, reference = ensure_reference(ws, parent, retain_ids) if retrain else (None, None)
         return certify(ws, task=task, parent=parent, parent_model=parent_model, child=row, child_model=child_model,
                        reference=reference, reference_model=reference_model, purpose=purpose,
                        forget_ids=forget_ids, request_id=req.id, method=row.method or "",
                        config=row.info.get("config", {}), report=row.info.get("report", {}), thresholds=thresholds,
                        probes=workspace_probes(ws), selector=req.selector, reason=req.reason,
-                       requested_at=req.created_at)
+                       requested_at=req.created_at, construction=construction)
 
     try:
         cert = at(level)

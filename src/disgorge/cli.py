@@ -467,6 +467,7 @@ def forget(
            f"--budget must be a finite share of the training time > 0 such as 0.5, got {budget}")
     _check(math.isfinite(exact_budget) and exact_budget >= 0,
            f"--exact-budget must be a finite number of seconds >= 0, got {exact_budget}")
+    _check_workers(workers)
     ids = _parse_ids(records)
     with _ws(workspace) as ws:
         options = parse_options(option or [])
@@ -486,7 +487,7 @@ def forget(
         def show() -> None:
             out.print(f"request {result.request_id}: {result.records} records; "
                       f"{len(result.children)} model(s) unlearned with {method}: "
-                      + ", ".join(f"{c.parent} -> {c.id}" + (f" ({c.method}: sharded)" if c.method != method else "")
+                      + ", ".join(f"{c.parent} -> {c.id}" + (" (sisa: sharded)" if c.method == "sisa" != method else "")
                                   for c in result.children))
             for cert in result.certificates:
                 _print_certificate(cert, result.paths[cert["models"]["child"]["id"]]["json"])

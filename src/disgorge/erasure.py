@@ -25,12 +25,12 @@ from .errors import DisgorgeError, IntegrityError, InvalidRequest
 from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe
-from .executors import get_executor
+from .executors import EXECUTORS, get_executor
 from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes, workspace_purpose
 from .tasks import Task
-from .training.sharding import Layout, ShardRun, retrain_sharded
+from .training.sharding import Layout, retrain_sharded
 from .training.trainer import fit_recipe
 from .workspace import Deletion, Workspace
 
@@ -153,6 +153,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     :meth:`Workspace.writing` (the API does) so that concurrent requests run one after the other.
     """
     level = _verify_choice(verify)
+    check_executor(executor, workers)
     purpose = purpose or workspace_purpose(ws)
     if purpose not in PURPOSES:
         raise InvalidRequest(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
@@ -217,6 +218,13 @@ def _parents(ws: Workspace, ids: BitMap, model: str | None, erase: bool) -> list
             raise InvalidRequest(f"the selection covers the whole training set of model {p.id}; nothing would be "
                                  "left to learn from. Retire the model instead of unlearning it")
     return parents
+
+
+def check_executor(name: str, workers: int) -> None:
+    """Refuse an unknown executor or a worker count below 1 before any work starts."""
+    EXECUTORS.get(name)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 1024:
+        raise InvalidRequest(f"workers must be an integer from 1 to 1024, got {workers!r}")
 
 
 def sharded(ws: Workspace, row: ModelRow) -> bool:
@@ -312,53 +320,68 @@ def sisa_child(request: _Request, parent: ModelRow) -> tuple[_Child, dict[str, A
     finally:
         runner.close()
     fit = run.result
-    monolithic = recipe.train.epochs * len(retain_ids)
     report = {"retrained_shards": {str(s): first for s, first in run.retrained.items()}, "dropped_shards": run.dropped,
-              "shards": len(run.layout.slices), "examples": run.examples, "monolithic_examples": monolithic}
+              "shards": len(run.layout.slices), "examples": run.examples,
+              "monolithic_examples": recipe.train.epochs * len(retain_ids), "workers": request.workers}
     info: dict[str, Any] = {"data": parent.info["data"], "config": {}, "report": report,
                             "fit": {"steps": fit.steps, "epochs": fit.epochs, "stopped": fit.stopped,
                                     "rollbacks": fit.rollbacks}, **fit.info}
     row = ws.save_model(model=run.model, recipe=recipe, records=retain_ids, info=info, kind="unlearned",
                         seconds=fit.seconds, parent=parent.id, method=SISA, request_id=request.request_id,
                         files=run.files)
-    child = _Child(row, run.model, parent_model, task, forget_ids, retain_ids, None)
-    return child, _construction(ws, parent, row, forget_ids, run, monolithic)
+    try:
+        construction = sisa_construction(ws, parent, row, forget_ids)
+    except BaseException:
+        shutil.rmtree(ws.model_dir(row.id), ignore_errors=True)
+        raise
+    return _Child(row, run.model, parent_model, task, forget_ids, retain_ids, None), construction
 
 
-def _construction(ws: Workspace, parent: ModelRow, child: ModelRow, forget_ids: BitMap, run: ShardRun,
-                  monolithic: int) -> dict[str, Any]:
-    """The checks of an exact-by-construction removal, each judged against what the original (doing nothing)
-    scores, and the cost block: shards retrained, and the work against retraining every shard and a monolithic
-    model."""
+def sisa_construction(ws: Workspace, parent: ModelRow, child: ModelRow, forget_ids: BitMap) -> dict[str, Any]:
+    """The checks of a sharded model's exact removal, from the two ledger rows alone, each shown beside what the
+    original (doing nothing) scores, and the cost block: shards retrained, untouched and dropped, and the work
+    against retraining every shard and a monolithic model."""
     old = Layout.from_info(parent.info["sharding"]["members"])
     new = Layout.from_info(child.info["sharding"]["members"])
+    kept = BitMap.union(*(new.records(s) for s in new.slices)) if new.slices else BitMap()
+    if kept != child.records:
+        raise IntegrityError(f"model {child.id}: its shards' bitmaps name other records than its lineage; it cannot "
+                             "be certified (see `disgorge doctor`)")
+    report = child.info["report"]
+    parent_files, child_files = parent.info["sharding"]["checkpoints"], child.info["sharding"]["checkpoints"]
 
-    def held(layout: Layout, start: dict[int, int] | None) -> int:
-        """Forgotten records in the shards' data (``start``: in the slices before each retrained shard's restart,
-        that is, in the checkpoints it was retrained from)."""
+    def in_shards(layout: Layout) -> int:
+        return sum(len(b & forget_ids) for parts in layout.slices.values() for b in parts)
+
+    def in_carried(files: dict[str, str]) -> int:
+        """Forgotten records in the slices behind every checkpoint the child carried over from the parent (same
+        name and sha256), i.e. those it did not retrain."""
         total = 0
-        for s, parts in layout.slices.items():
-            upto = len(parts) if start is None else start.get(s, 0)
-            total += sum(len(b & forget_ids) for b in parts[:upto])
+        for name, digest in files.items():
+            shard, stage = (int(part) for part in name.split(".")[0].split("-")[1::2])
+            if parent_files.get(name) == digest and shard in old.slices:
+                total += sum(len(b & forget_ids) for b in old.slices[shard][:stage + 1])
         return total
 
     checks = {}
     for name, value, original, proves in (
-            ("shards_clean", held(new, None), held(old, None),
+            ("shards_clean", in_shards(new), in_shards(old),
              "no shard of the unlearned model was trained on a forgotten record (ledger bitmaps)"),
-            ("checkpoints_clean", held(old, run.retrained), held(old, None),
-             "each retrained shard restarted from a checkpoint taken before any forgotten record")):
+            ("checkpoints_clean", in_carried(child_files), in_carried(parent_files),
+             "no checkpoint the unlearned model carried over from the original saw a forgotten record")):
         checks[name] = {"value": value, "limit": 0, "passed": value == 0, "decisive": True, "original": original,
                         "indistinguishable": original == 0, "proves": proves}
-    untouched = [m["shard"] for m in child.info["sharding"]["members"] if m["shard"] not in run.retrained]
+    retrained = report["retrained_shards"]
     full = training_seconds(ws, parent)
-    sharding = {"shards": child.info["sharding"]["shards"], "slices": child.info["sharding"]["slices"],
-                "by": child.info["sharding"]["by"],
-                "retrained": {str(s): {"from_slice": first} for s, first in run.retrained.items()},
-                "untouched": untouched, "dropped": run.dropped, "seconds": round(child.seconds, 4),
-                "full_retrain_seconds": round(full, 4), "time_ratio_full": _ratio(child.seconds, full),
-                "examples": run.examples, "monolithic_examples": monolithic,
-                "work_ratio_monolithic": _ratio(run.examples, monolithic)}
+    sharding = {"shards": child.info["sharding"]["shards"], "members": len(new.slices),
+                "slices": child.info["sharding"]["slices"], "by": child.info["sharding"]["by"],
+                "retrained": {s: {"from_slice": first} for s, first in retrained.items()},
+                "untouched": [s for s in new.slices if str(s) not in retrained],
+                "dropped": report["dropped_shards"], "workers": report.get("workers", 1),
+                "seconds": round(child.seconds, 4), "full_retrain_seconds": round(full, 4),
+                "time_ratio_full": _ratio(child.seconds, full), "examples": report["examples"],
+                "monolithic_examples": report["monolithic_examples"],
+                "work_ratio_monolithic": _ratio(report["examples"], report["monolithic_examples"])}
     return {"checks": checks, "sharding": sharding}
 
 

@@ -117,7 +117,7 @@ class ShardingSpec:
     def __post_init__(self) -> None:
         if self.shards == 0 and self.by != "source":
             raise RecipeError("sharding.shards = 0 (one shard per source) needs by = 'source'")
-        if not (self.per_source and not isinstance(self.shards, bool)):
+        if not (self.per_source and type(self.shards) is int):
             _positive("sharding.shards", self.shards, integer=True, most=MAX_SHARDS)
         _positive("sharding.slices", self.slices, integer=True, most=MAX_SLICES)
         if self.by not in SHARD_BY:

@@ -417,8 +417,8 @@ class Workspace:
         problems = []
         weights = folder / store.WEIGHTS
         if row.weights_deleted_at is not None:
-            if weights.exists():
-                problems.append(f"model {row.id}: its weights were recorded as deleted but {weights} exists")
+            for left in sorted(folder.glob("*.safetensors")):  # the weights, or a sharded model's checkpoints
+                problems.append(f"model {row.id}: its weights were recorded as deleted but {left} exists")
         else:
             try:
                 if sha256_bytes(read_regular(weights, f"model {row.id}'s weights")) != row.weights_sha256:

@@ -97,8 +97,9 @@ def _clean(v: float | None) -> float | None:
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold the same weights under the same names (a sharded child may have fewer shards)."""
     sa, sb = a.state_dict(), b.state_dict()
-    return all(torch.equal(sa[k], sb[k]) for k in sa)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 PROOF = {

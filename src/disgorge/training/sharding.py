@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,8 +49,9 @@ class has probability zero (a loss stays finite)."""
 
 
 PER_SOURCE_IDS = 2**31
-"""Shard ids of ``shards = 0`` (one per source): a hash of the source's name modulo this, so two of a few thousand
-sources share a shard with odds of about one in a thousand (they would then share it: still exact)."""
+"""Shard ids under ``shards = 0`` (one shard per source): a hash of the source's name modulo this. With 1,000 sources
+the chance that two share an id is about 1 in 4,300 (n^2 / 2^32); they would then share a shard, which stays
+exact."""
 
 
 def _hash(*parts: object) -> int:
@@ -299,6 +301,11 @@ def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: 
     checkpoint before the first slice holding one (from its initialisation when that is slice 0); the others, and
     the checkpoints before that slice, are kept as they are. A shard left without records is dropped."""
     spec = _spec(recipe)
+    recorded, now = parent_info["sharding"].get("base_sha256"), base_digest(recipe)
+    if recorded != now:
+        raise IntegrityError(f"the pretrained network at {recipe.model.params.get('path')} changed since the model "
+                             "was trained (its safetensors sha256 differ): retrained shards would start from another "
+                             "base than the untouched ones. Restore that folder, or retrain the model")
     old = Layout.from_info(parent_info["sharding"]["members"])
     parents = dict(zip(old.slices, members_of(parent), strict=True))
     layout = Layout({s: [b - forget for b in parts] for s, parts in old.slices.items()
@@ -411,7 +418,8 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
         "epochs_per_slice": spec.epochs_per_slice(recipe.train.epochs), "adapter_rank": spec.adapter_rank,
         "members": [{**m, "sha256": sha256_bytes(serialize_state(_trained_state(members[m["shard"]], recipe)))}
                     for m in Layout({s: layout.slices[s] for s in order}).to_info()],
-        "checkpoints": {name: sha256_bytes(b) for name, b in files.items()}, "examples": examples}
+        "checkpoints": {name: sha256_bytes(b) for name, b in files.items()}, "examples": examples,
+        "base_sha256": base_digest(recipe)}
     return ShardRun(model, layout, files, result, {s: first for s, (first, _) in plan.items()}, examples=examples)
 
 
@@ -442,6 +450,18 @@ def load_state(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     return load(data)
+
+
+def base_digest(recipe: Recipe) -> str | None:
+    """SHA-256 of a pretrained network's weights files (``[model] family = "pretrained"``), which every shard starts
+    from; None for networks built from the recipe alone."""
+    path = recipe.model.params.get("path") if recipe.model.family == "pretrained" else None
+    if not isinstance(path, str):
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _load_trained(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
