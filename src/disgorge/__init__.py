@@ -12,8 +12,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ForgetResult": "api", "erase": "api", "forget": "api", "ingest_file": "api", "ingest_scenario": "api",
-    "train": "api", "verify": "api", "verify_strong": "api",
+    "ForgetResult": "api", "erase": "api", "evaluate": "api", "forget": "api", "ingest_file": "api",
+    "ingest_scenario": "api", "train": "api", "verify": "api", "verify_strong": "api",
     "unlearn": "direct",
     "DisgorgeError": "errors",
     "Thresholds": "evidence.judge",
@@ -49,6 +49,7 @@ __all__ = [
     "Workspace",
     "__version__",
     "erase",
+    "evaluate",
     "forget",
     "get_method",
     "ingest_file",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from . import erasure
@@ -25,6 +26,7 @@ from .erasure import (
     sisa_construction,
 )
 from .errors import DisgorgeError, InvalidRequest
+from .evaluate.metrics import accuracy
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
 from .evidence.judge import EXACT, LEVELS, NoComparison, Thresholds
@@ -148,6 +150,40 @@ def train(ws: Workspace, recipe: Recipe | str | Path, *, executor: str = "local"
     ws.ledger.insert_model(row)
     log.info("trained %s on %d records in %.1fs", row.id, len(ids), result.seconds)
     return row
+
+
+EVALUATE_SPLITS = ("train", "test")
+"""What ``evaluate`` measures a model on: its own live training records, and the workspace's held-out records."""
+
+
+def evaluate(ws: Workspace, model_id: str, *, splits: Sequence[str] = EVALUATE_SPLITS) -> dict[str, Any]:
+    """A model's figures, in percent, as verification computes them: per split, ``accuracy`` (of the task's
+    per-example ``correct``: class accuracy, or a language model's answer accuracy) and mean ``loss`` over
+    ``records`` records (None for an empty split); and ``probes``: each declared probe's effect on the held-out
+    records. ``train`` is the model's own training records that are still live (erased ones are gone)."""
+    unknown = sorted(set(splits) - set(EVALUATE_SPLITS))
+    if unknown or not splits:
+        raise InvalidRequest(f"unknown split(s) {', '.join(unknown) or 'none given'}; choose from "
+                             f"{', '.join(EVALUATE_SPLITS)}")
+    model, row, task = ws.load_model(model_id)
+    ids = {"train": row.records & ws.ledger.record_ids(split="train", states=("active", "held")),
+           "test": ws.test_ids()}
+    out: dict[str, Any] = {}
+    for split in splits:
+        data = ws.dataset(task, ids[split])
+        if not len(data):
+            out[split] = None
+            continue
+        per_example = task.evaluate(model, data)
+        out[split] = {"records": len(data), "accuracy": round(accuracy(per_example["correct"]), 4),
+                      "loss": round(float(np.mean(per_example["loss"])), 6)}
+    test = ws.dataset(task, ids["test"])
+    out["probes"] = {p.name: _round(p.measure(model, task, test)) for p in workspace_probes(ws)} if len(test) else {}
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _accuracy(ws: Workspace, task: Task, model: nn.Module, train: RecordDataset) -> dict[str, Any]:

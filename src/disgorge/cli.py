@@ -317,6 +317,46 @@ def models(workspace: WorkspaceOpt = Path("."),
 
 
 @app.command()
+def evaluate(model: Annotated[str, typer.Argument(help="a model id (see `disgorge models`)")],
+             split: Annotated[list[str] | None, typer.Option(help="train (the model's own live training records) "
+                                                                  "or test (held-out); repeatable; default both")
+                              ] = None,
+             workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """A model's figures on the workspace's splits and probes, in percent, as verification computes them."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        data = api.evaluate(ws, model, splits=split or api.EVALUATE_SPLITS)
+
+    def show() -> None:
+        rows = [(name, f"{d['records']:,}", f"{d['accuracy']:.2f}", f"{d['loss']:.4f}") if d else (name, "0", None,
+                                                                                                   None)
+                for name, d in data.items() if name != "probes"]
+        out.print(_table("split", "records", "accuracy %", "mean loss", rows=rows, title=f"model {model}"))
+        for name, value in data["probes"].items():
+            out.print(Text(f"probe {name}: {'-' if value is None else f'{value:.2f}%'}"))
+
+    _emit(data, as_json, show)
+
+
+@app.command()
+def families(as_json: JsonOpt = False) -> None:
+    """List the model families a recipe's [model] family can name, by task, with their parameters and defaults."""
+    from .models.describe import describe_families
+
+    data = describe_families()
+
+    def show() -> None:
+        out.print(_table("task", "family", "parameters (default)", "what it is", rows=[
+            (d["task"], d["family"], ", ".join(f"{p['name']} ({p['default']!r})" for p in d["params"]) or "none",
+             d["summary"]) for d in data]))
+        out.print(Text("set in a recipe: [model] family = \"NAME\" and any parameter; `disgorge recipe --template "
+                       "TASK` writes a commented one"))
+
+    _emit(data, as_json, show)
+
+
+@app.command()
 def methods(name: Annotated[str | None, typer.Argument(help="a method: show its options")] = None,
             as_json: JsonOpt = False) -> None:
     """List the unlearning methods, or one method's options with their types, defaults, ranges and help."""
