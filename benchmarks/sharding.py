@@ -539,6 +539,26 @@ def dp_reading(results: list[dict[str, Any]]) -> str:
     return " ".join(text)
 
 
+def _workers(results: dict[str, Any]) -> str:
+    """How the shards were spread, in words."""
+    workers = results["settings"].get("workers", 1)
+    return "one after another in the bench's process" if workers == 1 else f"in a pool of {workers} processes"
+
+
+def _closest(result: dict[str, Any]) -> str:
+    """The row that came nearest to the target, when it was missed: the fastest source removal within 1/S, or
+    else the most accurate sharded model."""
+    if result["target"]["met"]:
+        return ""
+    rows = [r for r in result["sharded"] if r["shards"] > 1]
+    fast = [r for r in rows if r["source"]["time_ratio"] <= 1 / r["shards"]]
+    if not rows:
+        return ""
+    best = max(fast, key=lambda r: r["ta_delta"]) if fast else max(rows, key=lambda r: r["ta_delta"])
+    return (f" Closest: {method_name(best)} removed the source at {best['source']['time_ratio']:.3f} of the retrain "
+            f"(1/S = {1 / best['shards']:.3f}) with TA {best['ta_delta']:+.2f} points.")
+
+
 def section(results: dict[str, Any], json_path: Path) -> str:
     """The report's section, between its markers."""
     scenarios = results["scenarios"]
@@ -553,7 +573,9 @@ def section(results: dict[str, Any], json_path: Path) -> str:
              f"records (`random_fraction={RANDOM_FRACTION}, seed={RANDOM_SEED}`), then for each S the recipe with "
              "`[sharding] shards = S, slices = 1` (each shard trains once on all its records) by record and by "
              "source, and the same two removals with `forget(method=\"sisa\", verify=\"none\")` (each in its "
-             "own copy of the workspace), timed by the child model's retraining seconds. ratio = removal time / the "
+             "own copy of the workspace), timed by the child model's retraining seconds; shards train "
+             f"{_workers(results)}, each on one torch thread, and the monolithic model on all of them. ratio = "
+             "removal time / the "
              "monolithic retrain's time for the same removal. S = 1 is the monolithic model itself: its removal is "
              "the full retrain, ratio 1 by definition. TA = held-out accuracy in percent (for the language model, "
              "next-token accuracy on the held-out people's answers); TA after = the unlearned model's. "
@@ -571,7 +593,7 @@ def section(results: dict[str, Any], json_path: Path) -> str:
                       + (f" ({', '.join(goal['rows'])})" if goal["rows"] else "") + ". The check is simply "
                       "ratio <= 1/S for the one-source removal (no allowance for aggregation or checkpoint "
                       f"overhead), and the sharded model's TA at most {ACCURACY_WINDOW:g} points above or below "
-                      "the monolithic model's, over the rows with S > 1.", ""]
+                      "the monolithic model's, over the rows with S > 1." + _closest(result), ""]
         lines += [reading(result), ""]
     if scenarios:
         lines += ["### Differential privacy", "",
