@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from disgorge import Workspace, evaluate
+from disgorge import Workspace, evaluate_model
 from disgorge.errors import InvalidRequest
 from disgorge.models.describe import describe_families
 from disgorge.models.families import CNNConfig, MLPConfig
@@ -29,7 +29,7 @@ def test_families_list_every_family_with_its_real_defaults() -> None:
 
 def test_evaluate_gives_the_figures_training_and_verification_use(backdoor_ws: Workspace, trained_id: str) -> None:
     row = backdoor_ws.ledger.model(trained_id)
-    figures = evaluate(backdoor_ws, trained_id)
+    figures = evaluate_model(backdoor_ws, trained_id)
     assert figures["train"]["records"] == len(row.records) and figures["test"]["records"] == len(
         backdoor_ws.test_ids())
     assert figures["train"]["accuracy"] == pytest.approx(row.info["accuracy"]["train"], abs=0.01)
@@ -40,13 +40,13 @@ def test_evaluate_gives_the_figures_training_and_verification_use(backdoor_ws: W
     probe = workspace_probes(backdoor_ws)[0]
     assert figures["probes"][probe.name] == pytest.approx(probe.measure(model, task, test), abs=1e-3)
     assert figures["probes"][probe.name] > 50  # the planted backdoor works on the original
-    assert set(evaluate(backdoor_ws, trained_id, splits=["test"])) == {"test", "probes"}
+    assert set(evaluate_model(backdoor_ws, trained_id, splits=["test"])) == {"test", "probes"}
     with pytest.raises(InvalidRequest, match="unknown split"):
-        evaluate(backdoor_ws, trained_id, splits=["validation"])
+        evaluate_model(backdoor_ws, trained_id, splits=["validation"])
 
 
 def test_evaluate_on_the_command_line(backdoor_ws: Workspace, trained_id: str) -> None:
-    expected = evaluate(backdoor_ws, trained_id)
+    expected = evaluate_model(backdoor_ws, trained_id)
     root = str(backdoor_ws.root)
     backdoor_ws.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISGORGE_")} | {"DISGORGE_PROGRESS": "0"}

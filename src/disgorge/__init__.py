@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ForgetResult": "api", "erase": "api", "evaluate": "api", "forget": "api", "ingest_file": "api",
+    "ForgetResult": "api", "erase": "api", "evaluate_model": "api", "forget": "api", "ingest_file": "api",
     "ingest_scenario": "api", "train": "api", "verify": "api", "verify_strong": "api",
     "unlearn": "direct",
     "DisgorgeError": "errors",
@@ -49,7 +49,7 @@ __all__ = [
     "Workspace",
     "__version__",
     "erase",
-    "evaluate",
+    "evaluate_model",
     "forget",
     "get_method",
     "ingest_file",

@@ -156,7 +156,7 @@ EVALUATE_SPLITS = ("train", "test")
 """What ``evaluate`` measures a model on: its own live training records, and the workspace's held-out records."""
 
 
-def evaluate(ws: Workspace, model_id: str, *, splits: Sequence[str] = EVALUATE_SPLITS) -> dict[str, Any]:
+def evaluate_model(ws: Workspace, model_id: str, *, splits: Sequence[str] = EVALUATE_SPLITS) -> dict[str, Any]:
     """A model's figures, in percent, as verification computes them: per split, ``accuracy`` (of the task's
     per-example ``correct``: class accuracy, or a language model's answer accuracy) and mean ``loss`` over
     ``records`` records (None for an empty split); and ``probes``: each declared probe's effect on the held-out

@@ -326,7 +326,7 @@ def evaluate(model: Annotated[str, typer.Argument(help="a model id (see `disgorg
     from . import api
 
     with _ws(workspace) as ws:
-        data = api.evaluate(ws, model, splits=split or api.EVALUATE_SPLITS)
+        data = api.evaluate_model(ws, model, splits=split or api.EVALUATE_SPLITS)
 
     def show() -> None:
         rows = [(name, f"{d['records']:,}", f"{d['accuracy']:.2f}", f"{d['loss']:.4f}") if d else (name, "0", None,
