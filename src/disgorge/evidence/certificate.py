@@ -640,7 +640,9 @@ def sharding_lines(c: dict[str, Any]) -> list[str]:
     if not sh:
         return []
     retrained = ", ".join(f"{s} (from slice {v['from_slice']})" for s, v in sh["retrained"].items()) or "none"
-    return [f"Sharded model ({sh['shards']} shards by {sh['by']}, {sh['slices']} slices): retrained shard(s) "
+    layout = "one shard per source" if sh["shards"] == 0 else f"{sh['shards']} shards by {sh['by']}"
+    return [f"Sharded model ({layout}, {sh['slices']} slices; {sh.get('members', '?')} hold records now): "
+            f"retrained shard(s) "
             f"{retrained}; {len(sh['untouched'])} untouched; {len(sh.get('dropped', []))} dropped (no records left). "
             f"{sh['seconds']:.2f} s against "
             f"{sh['full_retrain_seconds']:.2f} s to train every shard (ratio {sh['time_ratio_full']}); "
