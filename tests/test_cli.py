@@ -344,6 +344,7 @@ def test_csv_with_text_feature_column_is_refused(tmp_path: Path) -> None:
     assert before["records"] == {} and before["sources"] == []
 
 
+@pytest.mark.slow  # ~2 min (two GPT-2 trainings on one thread): kept out of `make test`, run by `make test-all`
 def test_language_model_forget_and_verify_end_to_end(tmp_path: Path) -> None:
     """A causal LM through the whole CLI: ingest the people scenario, train a GPT-2, forget two people by source
     with NPO, and read the TOFU/MUSE figures from the certificate and from `disgorge verify`."""
