@@ -316,12 +316,12 @@ def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: 
     for s in layout.slices:
         hits = [stage for stage, b in enumerate(old.slices[s]) if b & forget]
         first = hits[0] if hits else spec.slices
+        for stage in range(min(first, spec.slices - 1)):  # the clean checkpoints carry over, each read once
+            copied[checkpoint_name(s, stage)] = read(checkpoint_name(s, stage))
         if hits:
-            plan[s] = (first, read(checkpoint_name(s, first - 1)) if first > 0 else None)
+            plan[s] = (first, copied[checkpoint_name(s, first - 1)] if first > 0 else None)
         else:
             kept[s] = parents[s]
-        for stage in range(min(first, spec.slices - 1)):
-            copied[checkpoint_name(s, stage)] = read(checkpoint_name(s, stage))
     run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied, executor)
     run.dropped = sorted(set(old.slices) - set(layout.slices))
     return run
