@@ -70,6 +70,7 @@ LM_SUMMARY_KEYS = {"forget_quality", "forget_accuracy", "retain_accuracy", "mode
                    "time_ratio"}
 
 
+@pytest.mark.slow  # ~50 s on 2 cores; `make bench` runs the full language-model scenarios
 def test_bench_on_a_language_model_scenario_reports_tofu_and_muse_figures(tmp_path):
     """On people-mini the bench runs the LM method set (here NPO), and its rows carry forget quality, answer
     accuracies, model utility, VerbMem and privleak beside the time ratio, with an `original` row; NPO moves the

@@ -19,7 +19,7 @@ from disgorge.scenarios import workspace_probes
 def test_families_list_every_family_with_its_real_defaults() -> None:
     found = {(d["task"], d["family"]): d for d in describe_families()}
     assert set(found) == {("classification", "linear"), ("classification", "mlp"), ("classification", "cnn"),
-                          ("causal_lm", "gpt2"), ("causal_lm", "pretrained")}
+                          ("causal_lm", "gpt2"), ("causal_lm", "pretrained"), ("text_classification", "pretrained")}
     defaults = {p["name"]: p["default"] for p in found["classification", "mlp"]["params"]}
     assert defaults == {"hidden": list(MLPConfig().hidden), "dropout": MLPConfig().dropout}
     cnn = {p["name"]: p["default"] for p in found["classification", "cnn"]["params"]}

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ForgetResult": "api", "erase": "api", "evaluate_model": "api", "forget": "api", "ingest_file": "api",
-    "ingest_scenario": "api", "train": "api", "verify": "api", "verify_strong": "api",
+    "ingest_scenario": "api", "train": "api", "verify": "api", "verify_strong": "api", "export_model": "api",
+    "import_model": "api",
     "unlearn": "direct",
     "DisgorgeError": "errors",
     "Thresholds": "evidence.judge",
@@ -50,8 +51,10 @@ __all__ = [
     "__version__",
     "erase",
     "evaluate_model",
+    "export_model",
     "forget",
     "get_method",
+    "import_model",
     "ingest_file",
     "ingest_scenario",
     "train",

@@ -40,3 +40,21 @@ def bar(description: str, total: int | None) -> Iterator[_Bar]:
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console,
                   transient=True) as progress:
         yield _Bar(progress, progress.add_task(description, total=total, info=""))
+
+
+@contextmanager
+def hugging_face_bars() -> Iterator[None]:
+    """Hugging Face's own progress bars (reading and writing weights) shown only where disgorge shows its bars, so
+    that a command's output stays its own lines (every model a verification builds would print one otherwise)."""
+    if enabled():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from . import erasure
+from . import erasure, transfer
 from .data import load_file
 from .data.files import holdout_split
 from .erasure import (
@@ -135,10 +135,10 @@ def train(ws: Workspace, recipe: Recipe | str | Path, *, executor: str = "local"
     if not ids:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no active training records; ingest data first")
     data = ws.dataset(task, ids)
-    info = {"data": task.data_info(data, recipe.model)}
+    info = {"data": task.data_info(data, recipe.model, recipe.data)}
     runner = get_executor(executor, workers=workers) if recipe.sharded else None
     try:
-        model, result = fit_recipe(task, recipe, data, info["data"], runner)
+        model, result = fit_recipe(task, recipe, data, info["data"], runner, device=ws.device_for(recipe))
     finally:
         if runner is not None:
             runner.close()
@@ -270,9 +270,10 @@ def verify_strong(ws: Workspace, model_id: str, *, models: int = 8, executor: st
     if req.status == "erased":
         raise InvalidRequest(f"request {req.id}'s records are erased, so no new model can be measured on them; "
                              "use `disgorge forget --defer-erase`, then `verify --strong`, then `disgorge erase`")
+    erasure.check_retrainable(ws, row)  # it retrains models: refused where an import allows no retraining
     cert = verify(ws, model_id)
     parent = ws.ledger.model(row.parent)
-    problem = Problem(str(ws.root), parent.id, sorted(int(i) for i in parent.records & req.records))
+    problem = Problem(str(ws.root), parent.id, sorted(int(i) for i in parent.records & req.records), ws.device)
     method = row.method or ""
     runner = get_executor(executor, workers=workers)
     try:
@@ -324,3 +325,37 @@ def purge(ws: Workspace) -> Deletion:
 def retire(ws: Workspace, model_id: str) -> ModelRow:
     """Take a model out of service for good and delete its weights (its card, recipe and lineage stay)."""
     return ws.retire(model_id)
+
+
+# -- standard formats in and out ----------------------------------------------------------------------------------
+
+def export_model(ws: Workspace, model_id: str, out_dir: str | Path) -> transfer.Exported:
+    """Write a model as a folder that loads without disgorge: a Hugging Face folder for a language model,
+    ``model.safetensors`` + ``config.json`` + a README.md with a plain-torch loader for a classifier (both READMEs
+    carry the model's lineage). See :mod:`disgorge.transfer`."""
+    return transfer.export_model(ws, model_id, out_dir)
+
+
+@_writes
+def import_model(ws: Workspace, folder: str | Path, *, records: Sequence[str | Path] = (),
+                 sources: Sequence[str] = (), license: str = "", origin: str = "", trained_on: Sequence[str] = (),
+                 base: str | Path | None = None, recipe: str | Path | None = None, holdout: float = 0.0,
+                 holdout_seed: int = 0) -> ModelRow:
+    """Register a model trained elsewhere (a Hugging Face causal-LM folder, or a classifier folder as
+    :func:`export_model` writes it) with the records it was trained on, so that ``forget`` can unlearn it: each file
+    of ``records`` is ingested as the source of the same position in ``sources`` (under ``license``, with
+    ``holdout`` as ``ingest_file`` takes it), and ``trained_on`` names sources already ingested. ``base`` is the
+    Hugging Face folder a language model was fine-tuned from, ``recipe`` a recipe file declaring how it was trained:
+    without either, no model retrained without forgotten records can be made, and its certificates are
+    reference-free. The folder is checked before anything is written; a refusal leaves the workspace unchanged."""
+    if len(records) != len(sources):
+        raise InvalidRequest(f"give one --source NAME per --records FILE ({len(records)} file(s), {len(sources)} "
+                             "source name(s))")
+    for name in trained_on:
+        ws.ledger.source(name)
+    plan = transfer.read_import(folder, base=base, recipe=recipe)
+    with ws.ledger.transaction():  # the new sources and the model row commit together, or nothing does
+        for file, name in zip(records, sources, strict=True):
+            ingest_file(ws, file, source=name, license=license, origin=origin, holdout=holdout,
+                        holdout_seed=holdout_seed)
+        return transfer.register_import(ws, plan, [*sources, *trained_on])

@@ -47,6 +47,7 @@ class BenchSettings:
     strong_models: int = 8
     executor: str = "local"
     workers: int | None = None
+    device: str | None = None  # --device (None: each scenario recipe's train.device, auto)
     out: Path = Path("benchmarks/results")
     command: str = ""  # the command line that ran the bench, recorded in each scenario's results
 
@@ -102,9 +103,9 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Executor, w
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
     log.info("%s: training %d original models", scenario, len(seeds))
-    prepared = executor.map(prepare, [(str(r), scenario, s) for r, s in zip(roots, seeds, strict=True)],
-                            description=f"{scenario}: train originals")
-    problems = [Problem(p["root"], p["model"], p["forget"]) for p in prepared]
+    jobs = [(str(r), scenario, s, settings.device) for r, s in zip(roots, seeds, strict=True)]
+    prepared = executor.map(prepare, jobs, description=f"{scenario}: train originals")
+    problems = [Problem(p["root"], p["model"], p["forget"], settings.device) for p in prepared]
     log.info("%s: reference and %d methods for each seed", scenario, len(methods))
     cells = executor.map(run, [Job(problem, [seed], reference=True, methods=["original", *methods])
                                for problem, seed in zip(problems, seeds, strict=True)],
@@ -130,11 +131,13 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Executor, w
             "strong": strong}
 
 
-def prepare(job: tuple[str, str, int]) -> dict[str, Any]:
-    """Create a workspace at ``root`` holding ``scenario``, train its recipe with ``seed``, draw its forget set."""
-    root, scenario, seed = job
+def prepare(job: tuple[str, str, int, str | None]) -> dict[str, Any]:
+    """Create a workspace at ``root`` holding ``scenario``, train its recipe with ``seed`` on ``device``, draw its
+    forget set."""
+    root, scenario, seed, device = job
     case = get_scenario(scenario)
     with Workspace.init(root) as ws:
+        ws.device = device
         ingest_scenario(ws, scenario)
         row = train(ws, case.recipe().replace(seed=seed))
         forget = case.forget_ids(ws, seed)

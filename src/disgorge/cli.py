@@ -13,6 +13,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -24,7 +25,7 @@ from rich.text import Text
 
 from . import __version__
 from .errors import DisgorgeError, InvalidRequest, NotFound
-from .spec import MAX_SEED
+from .spec import MAX_SEED, check_device
 from .workspace import Workspace
 
 app = typer.Typer(help="Trace, audit, unlearn and verify what a trained model learned from which data.",
@@ -40,8 +41,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON 
 VERBOSITY = {"-v": logging.INFO, "--verbose": logging.INFO, "-q": logging.ERROR, "--quiet": logging.ERROR}
 
 
+_DEVICE: ContextVar[str | None] = ContextVar("device", default=None)
+"""This invocation's ``--device`` (set by the root callback on every run; None: each recipe's ``train.device``)."""
+
+
 def _ws(path: Path) -> Workspace:
-    return Workspace.open(path)
+    ws = Workspace.open(path)
+    ws.device = _DEVICE.get()
+    return ws
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -91,9 +98,13 @@ def _root(
                                           help="print the version and exit")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each step (accepted anywhere)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only errors (accepted anywhere)")] = False,
+    device: Annotated[str | None, typer.Option(
+        "--device", envvar="DISGORGE_DEVICE", help="where models train and run: auto (a GPU if there is one), cpu, "
+        "cuda, cuda:N or mps; default: each recipe's train.device (auto). Accepted anywhere")] = None,
 ) -> None:
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
     _logging(level)
+    _DEVICE.set(check_device(device, "--device") if device is not None else None)
 
 
 def _logging(level: int) -> None:
@@ -304,7 +315,7 @@ def models(workspace: WorkspaceOpt = Path("."),
            as_json: JsonOpt = False) -> None:
     """List models with their lineage."""
     with _ws(workspace) as ws:
-        kinds = ("trained", "unlearned", "reference") if all_ else ("trained", "unlearned")
+        kinds = ("trained", "unlearned", "imported", "reference") if all_ else ("trained", "unlearned", "imported")
         rows = ws.ledger.models(kinds=kinds, status=None if all_ else "active")
         data = [{"model": m.id, "kind": m.kind, "status": m.status, "parent": m.parent, "method": m.method,
                  "request": m.request_id, "records": len(m.records), "seconds": round(m.seconds, 2),
@@ -337,6 +348,64 @@ def evaluate(model: Annotated[str, typer.Argument(help="a model id (see `disgorg
             out.print(Text(f"probe {name}: {'-' if value is None else f'{value:.2f}%'}"))
 
     _emit(data, as_json, show)
+
+
+@app.command()
+def export(model: Annotated[str, typer.Argument(help="a model id (see `disgorge models`)")],
+           out_dir: Annotated[Path, typer.Argument(metavar="DIR", help="folder to write (new, or empty)")],
+           workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Write a model as a folder that loads without disgorge: Hugging Face for language models, safetensors +
+    config.json + a plain-torch loader for classifiers; its README.md tells its lineage."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        done = api.export_model(ws, model, out_dir)
+    _emit(vars(done), as_json, lambda: out.print(_text(
+        f"exported {done.model} to {done.folder} ({done.format}): {', '.join(done.files)}")))
+
+
+@app.command("import")
+def import_(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="a Hugging Face causal-LM folder, or a classifier "
+                                                               "folder written by `disgorge export`")],
+    records: Annotated[list[Path] | None, typer.Option("--records", help="a .csv, .npz or .jsonl file of records it "
+                                                                         "was trained on (repeatable, each with a "
+                                                                         "--source)")] = None,
+    source: Annotated[list[str] | None, typer.Option("--source", help="source name of the --records file in the "
+                                                                      "same position")] = None,
+    license: Annotated[str, typer.Option("--license", help="licence of the --records sources (SPDX id)")] = "",
+    origin: Annotated[str, typer.Option(help="where the records came from (URL, contract, ...)")] = "",
+    trained_on: Annotated[list[str] | None, typer.Option("--trained-on", help="a source already ingested that it was "
+                                                                              "trained on (repeatable)")] = None,
+    base: Annotated[Path | None, typer.Option(help="the Hugging Face folder it was fine-tuned from: verification "
+                                                   "can then retrain a reference")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="a recipe declaring how it was trained (seed and train "
+                                                     "settings; for a language model without --base, a from-scratch "
+                                                     "family such as gpt2): verification can then retrain a "
+                                                     "reference")] = None,
+    holdout: Annotated[float, typer.Option(help="keep this fraction of each --records file as held-out records "
+                                                "(split test)")] = 0.0,
+    holdout_seed: Annotated[int, typer.Option(help="seed of the --holdout draw")] = 0,
+    workspace: WorkspaceOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a model trained elsewhere with the records it was trained on, so that `forget` can unlearn it."""
+    from . import api
+
+    _check(math.isfinite(holdout) and 0 <= holdout < 1,
+           f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
+    _check_seed("--holdout-seed", holdout_seed)
+    with _ws(workspace) as ws:
+        row = api.import_model(ws, folder, records=records or (), sources=source or (), license=license,
+                               origin=origin, trained_on=trained_on or (), base=base, recipe=recipe,
+                               holdout=holdout, holdout_seed=holdout_seed)
+        note = row.info["imported"]
+        data = {"model": row.id, "records": len(row.records), "sources": list(ws.recipe_of(row).data.sources),
+                "sha256": row.weights_sha256, "base": note["base"], "reference": note["reference"],
+                "reference_note": note["reference_note"]}
+    _emit(data, as_json, lambda: out.print(_text(
+        f"imported {row.id} from {folder}: {data['records']} training records of {len(data['sources'])} source(s); "
+        + ("exact verification: " if note["reference"] else "no exact verification: ") + note["reference_note"])))
 
 
 @app.command()
@@ -608,7 +677,7 @@ def bench(
     command = "disgorge " + " ".join(sys.argv[1:])
     settings = BenchSettings(scenarios=list(scenario or DEFAULT_SCENARIOS), methods=chosen, seeds=seeds,
                              strong_models=strong_models, executor=executor, workers=workers, out=out_dir,
-                             command=command)
+                             command=command, device=_DEVICE.get())
     started = _time.perf_counter()
     rows = run_bench(settings, force=force)
     wall = _time.perf_counter() - started
@@ -781,7 +850,7 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the wor
     """The main job on bundled data: ingest, train, forget the poisoned contributor, verify."""
     from .demo import run_demo
 
-    cert = run_demo(out_dir, scenario=scenario, method=method, force=force)
+    cert = run_demo(out_dir, scenario=scenario, method=method, force=force, device=_DEVICE.get())
     _emit(cert, as_json, lambda: _print_certificate(cert, str(out_dir / "certificate.json")))
 
 
@@ -878,10 +947,34 @@ def _split_verbosity(args: list[str]) -> tuple[list[str], int | None]:
     return rest, level
 
 
+def _split_device(args: list[str]) -> tuple[list[str], list[str]]:
+    """Take ``--device VALUE`` (or ``--device=VALUE``) from anywhere before a ``--``, so it may follow the command;
+    returns the other arguments and the option to put before the command (the last one wins)."""
+    rest: list[str] = []
+    device: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg == "--device" and i + 1 < len(args):
+            device, i = ["--device", args[i + 1]], i + 2
+            continue
+        if arg.startswith("--device="):
+            device = ["--device", arg.partition("=")[2]]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, device
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors, including malformed options, are one line on stderr (``error: ...``) and
     exit code 2, never a traceback."""
     args, level = _split_verbosity(list(sys.argv[1:] if argv is None else argv))
+    args, device = _split_device(args)
+    args = device + args
     if level is not None:
         args = [next(k for k, v in VERBOSITY.items() if v == level), *args]
     try:

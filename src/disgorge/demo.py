@@ -24,7 +24,7 @@ replaced by the next run without ``force``."""
 
 
 def run_demo(out: str | Path = "demo-output", *, scenario: str = "digits-backdoor",
-             method: str = DEFAULT_METHOD, force: bool = False) -> dict[str, Any]:
+             method: str = DEFAULT_METHOD, force: bool = False, device: str | None = None) -> dict[str, Any]:
     """Run the whole flow in ``out/workspace`` (recreated) and copy the certificate to ``out/``.
 
     An existing ``out/workspace`` is only replaced when it is empty, was made by an earlier demo (it holds
@@ -44,6 +44,7 @@ def run_demo(out: str | Path = "demo-output", *, scenario: str = "digits-backdoo
     (root / DEMO_MARKER).write_text("made by `disgorge demo`: the next demo with the same --out replaces this folder\n",
                                     encoding="utf-8")
     with Workspace.init(root) as ws:
+        ws.device = device
         log.info("ingesting scenario %s", scenario)
         ingest_scenario(ws, scenario)
         log.info("training %s", case.recipe().name)

@@ -30,7 +30,7 @@ from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
 from .scenarios import workspace_probes, workspace_purpose
 from .tasks import Task
-from .training.sharding import Layout, retrain_sharded
+from .training.sharding import Layout, base_digest, retrain_sharded
 from .training.trainer import fit_recipe
 from .workspace import Deletion, Workspace
 
@@ -78,13 +78,41 @@ def affected_models(ws: Workspace, ids: BitMap, model: str | None = None) -> lis
         if not row.records & ids:
             raise InvalidRequest(f"model {model} was not trained on any of the selected records")
         return [row]
-    return [m for m in ws.ledger.models(kinds=("trained", "unlearned"), status="active") if m.records & ids]
+    return [m for m in ws.ledger.models(kinds=("trained", "unlearned", "imported"), status="active")
+            if m.records & ids]
+
+
+def imported_root(ws: Workspace, row: ModelRow) -> ModelRow | None:
+    """The imported model a model's lineage starts from (itself, or an ancestor), or None for one trained here."""
+    while row.parent is not None:
+        row = ws.ledger.model(row.parent)
+    return row if row.kind == "imported" else None
+
+
+def check_retrainable(ws: Workspace, row: ModelRow) -> None:
+    """Refuse, in one line, to retrain a model's recipe as a verification reference when its lineage starts with an
+    imported model that no retraining can reproduce (a fine-tuned language model imported without its base, a
+    classifier without its recipe), or whose base network changed since the import."""
+    root = imported_root(ws, row)
+    if root is None:
+        return
+    note = root.info.get("imported", {})
+    if not note.get("reference"):
+        which = f"model {row.id} was" if root.id == row.id else f"model {row.id} descends from {root.id},"
+        raise InvalidRequest(f"{which} imported from {note.get('folder')}: "
+                             f"{note.get('reference_note', 'no reference can be retrained')}. Verify reference-free "
+                             "(--verify heldout, or `disgorge verify --level heldout`)")
+    recorded = note.get("base_sha256")
+    if recorded is not None and base_digest(ws.recipe_of(row)) != recorded:
+        raise IntegrityError(f"the base network {note.get('base')} changed since model {root.id} was imported; a "
+                             "reference fine-tuned from it would not be the model's counterpart. Restore that folder")
 
 
 def ensure_reference(ws: Workspace, parent: ModelRow, retain_ids: BitMap) -> tuple[nn.Module, ModelRow]:
     """The model retrained from the parent's recipe on ``retain_ids``, built with the data facts the task learns from
     them (a language model's own word vocabulary, so it never names a forgotten word): from the cache, or trained now
-    and cached."""
+    and cached. Refused for a model imported without the means to retrain it (:func:`check_retrainable`)."""
+    check_retrainable(ws, parent)
     cached = ws.ledger.find_reference(parent.recipe_sha256, retain_ids)
     if cached is not None:
         model, row, _ = ws.load_model(cached.id)
@@ -95,7 +123,7 @@ def ensure_reference(ws: Workspace, parent: ModelRow, retain_ids: BitMap) -> tup
     log.info("training the reference: %s's recipe on %d retained records", parent.id, len(retain_ids))
     data = ws.dataset(task, retain_ids)
     data_info = task.retrained_info(parent.info["data"], data, recipe.model)  # e.g. a vocabulary of what it keeps
-    model, result = fit_recipe(task, recipe, data, data_info)
+    model, result = fit_recipe(task, recipe, data, data_info, device=ws.device_for(recipe))
     info = {"data": data_info, "fit": {"steps": result.steps, "epochs": result.epochs}, **result.info}
     row = ws.save_model(model=model, recipe=recipe, records=retain_ids, info=info, kind="reference",
                         seconds=result.seconds, parent=parent.id, method="retrain", files=result.files)
@@ -316,7 +344,7 @@ def sisa_child(request: _Request, parent: ModelRow) -> tuple[_Child, dict[str, A
     runner = get_executor(request.executor, workers=request.workers)
     try:
         run = retrain_sharded(task, recipe, parent_model, parent.info, ws.dataset(task, retain_ids), forget_ids,
-                              read, runner)
+                              read, runner, device=ws.device_for(recipe))
     finally:
         runner.close()
     fit = run.result
@@ -523,11 +551,14 @@ def evidence_level(request: _Request, parent: ModelRow, retain_ids: BitMap) -> s
 
 def resolve_level(ws: Workspace, parent: ModelRow, retain_ids: BitMap, level: str, exact_budget: float) -> str:
     """``level`` itself, or for ``auto``: ``exact`` when the reference is cached or the original's training took
-    at most ``exact_budget`` seconds, else ``heldout``."""
+    at most ``exact_budget`` seconds, else ``heldout`` (always, for an imported lineage: its training time is
+    unknown)."""
     if level != AUTO:
         return level
     if ws.ledger.find_reference(parent.recipe_sha256, retain_ids) is not None:
         return EXACT
+    if imported_root(ws, parent) is not None:  # its training time is unknown: a reference could take any time
+        return HELDOUT
     return EXACT if training_seconds(ws, parent) <= exact_budget else HELDOUT
 
 

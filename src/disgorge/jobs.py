@@ -34,10 +34,12 @@ class Problem:
     root: str
     model_id: str
     forget: list[int]
+    device: str | None = None  # the session's --device (None: each recipe's train.device)
 
     def load(self) -> dict[str, Any]:
         """Open the workspace and build the model, request pieces, held-out data and effect probes."""
         ws = Workspace.open(self.root)
+        ws.device = self.device
         model, row, task = ws.load_model(self.model_id)
         ids = BitMap(self.forget)
         data = {"forget": ws.dataset(task, row.records & ids), "retain": ws.dataset(task, row.records - ids),
@@ -82,7 +84,8 @@ def run(job: Job) -> list[dict[str, Any]]:
 def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
     task, recipe, info = p["task"], p["recipe"], p["row"].info["data"]
     if who == "reference":
-        model, fit = fit_recipe(task, recipe.replace(seed=seed), p["retain"], info)
+        model, fit = fit_recipe(task, recipe.replace(seed=seed), p["retain"], info,
+                                device=p["ws"].device_for(recipe))
         seconds, extra = fit.seconds, {}
     elif who == "original":
         model, seconds, extra = p["model"], 0.0, {}

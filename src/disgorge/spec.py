@@ -31,6 +31,10 @@ class RecipeError(DisgorgeError):
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""Devices a recipe's ``train.device`` and ``--device`` name (``cuda:N`` picks one GPU; ``auto``: a GPU if any)."""
+PRECISIONS = ("fp32", "bf16")
+"""``train.precision``: full float32, or bfloat16 mixed precision through accelerate (language models)."""
 MAX_SEED = 2**32 - 1
 """Largest seed anywhere (recipes, ``--seed``): seeds reach torch, numpy and scikit-learn, whose narrowest range is
 ``[0, 2**32)``."""
@@ -44,12 +48,56 @@ MAX_EPOCHS = 1_000_000
 """Largest ``train.epochs``."""
 
 
+def check_device(name: Any, what: str = "device") -> str:
+    """``name`` if it names a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), else a one-line error; whether
+    this machine has it is :func:`disgorge.devices.resolve`'s question."""
+    base, _, index = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if base not in DEVICES or (index and not (base == "cuda" and index.isdigit())) or (":" in name and not index):
+        raise RecipeError(f"{what} must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    return name
+
+
+TRANSFORMS = ("standardize", "minmax", "scale:K")
+"""The preprocessing a recipe's ``[data] transform`` may name (``scale:K`` divides by the number K)."""
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    """Which records train the model: every active training record, optionally narrowed by source."""
+    """Which records train the model (every active training record, optionally narrowed by source) and how their
+    inputs are prepared: ``transform`` (``standardize``: zero mean and unit variance per feature; ``minmax``: each
+    feature to [0, 1]; ``scale:K``: divided by K; empty: as stored), fitted on the training records only and kept
+    with the model, and ``shape``, the shape each input is given to the network in (``[1, 28, 28]`` makes flat rows
+    of 784 images for a ``cnn``)."""
 
     sources: tuple[str, ...] = ()
     exclude_sources: tuple[str, ...] = ()
+    transform: str = ""
+    shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.transform, str):
+            raise RecipeError(f"data.transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+        parse_transform(self.transform)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_WIDTH for d in self.shape):
+            raise RecipeError(f"data.shape must be a list of positive integers such as [1, 28, 28], got "
+                              f"{list(self.shape)!r}")
+
+
+def parse_transform(text: str) -> tuple[str, float | None]:
+    """``(kind, divisor)`` of a ``[data] transform`` value: ``("scale", K)`` for ``scale:K``, ``(kind, None)``
+    otherwise, ``("", None)`` for none; a one-line :class:`RecipeError` for anything else."""
+    if text in ("", "standardize", "minmax"):
+        return text, None
+    kind, _, number = text.partition(":")
+    if kind == "scale":
+        try:
+            divisor = float(number)
+        except ValueError:
+            divisor = math.nan
+        if math.isfinite(divisor) and divisor > 0:
+            return "scale", divisor
+    raise RecipeError(f"data.transform must be one of {', '.join(TRANSFORMS)} (K a number > 0, e.g. scale:255), "
+                      f"got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -79,8 +127,13 @@ class TrainSpec:
     momentum: float = 0.9
     batch_size: int = 64
     epochs: int = 20
+    device: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_device(self.device, "train.device")
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _positive("train.lr", self.lr)
@@ -191,6 +244,8 @@ class Recipe:
         for k in ("sources", "exclude_sources"):
             if not isinstance(data.get(k, []), list) or not all(isinstance(s, str) for s in data.get(k, [])):
                 raise RecipeError(f"{where}: data.{k} must be a list of source names")
+        if not isinstance(data.get("shape", []), list):
+            raise RecipeError(f"{where}: data.shape must be a list of positive integers such as [1, 28, 28]")
         model = _section(where, raw, "model")
         family = model.pop("family", "mlp")
         train = _section(where, raw, "train")
@@ -206,7 +261,7 @@ class Recipe:
                 name=raw.get("name", ""),
                 task=raw.get("task", "classification"),
                 seed=raw.get("seed", 0),
-                data=DataSpec(**{k: tuple(v) for k, v in data.items()}),
+                data=DataSpec(**{k: v if k == "transform" else tuple(v) for k, v in data.items()}),
                 model=ModelSpec(family=family, params=model),
                 train=TrainSpec(**train),
                 sharding=ShardingSpec(**optional["sharding"]) if "sharding" in optional else None,
@@ -240,8 +295,13 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as written to TOML."""
         d = asdict(self)
-        d["data"] = {k: list(v) for k, v in d["data"].items()}
+        # Preprocessing left at its default stays out of the text, so recipes written before it keep their sha256.
+        d["data"] = {k: v if k == "transform" else list(v) for k, v in d["data"].items()
+                     if k in ("sources", "exclude_sources") or v}
         d["model"] = {"family": self.model.family, **self.model.params}
+        for key, default in (("device", "auto"), ("precision", "fp32")):  # defaults stay out: older sha256 hold
+            if d["train"][key] == default:
+                del d["train"][key]
         for name in ("sharding", "privacy"):  # absent tables stay absent, so older recipes keep their sha256
             if d[name] is None:
                 del d[name]
@@ -348,6 +408,10 @@ seed = 0                       # seeds the initialisation and the shuffling
 # Which records train the model: the live training records (split "train") of these sources; empty means all.
 sources = []                   # e.g. ["lab-2024", "clinic-b"]  (see `disgorge sources`)
 exclude_sources = []           # e.g. ["withdrawn-2025"]
+# How inputs are prepared, fitted on the training records only and kept inside the model (every later use of the
+# model applies it; an erasure refits it on what is kept). Leave both out to use the inputs as stored.
+# transform = "standardize"    # standardize (zero mean, unit variance per feature) | minmax | scale:K (divide by K)
+# shape = [1, 28, 28]          # the shape the network sees: flat rows of 784 pixels become images for a cnn
 
 [model]
 family = "mlp"                 # linear | mlp | cnn
@@ -363,6 +427,7 @@ weight_decay = 0.0             # L2 (adam, sgd) or decoupled (adamw); > 0 lets `
 momentum = 0.9                 # sgd only
 batch_size = 64
 epochs = 20
+# device = "auto"              # auto (a GPU if there is one) | cpu | cuda | cuda:N | mps; --device overrides it
 
 # Optional: train so that removals are exact (SISA). A removal then retrains only the shards that held the records,
 # from the last slice before them; the result equals this recipe trained without them. Costs some accuracy.
@@ -408,6 +473,8 @@ weight_decay = 0.0
 momentum = 0.9                 # sgd only
 batch_size = 32
 epochs = 50
+# device = "auto"              # auto (a GPU if there is one) | cpu | cuda | cuda:N | mps; --device overrides it
+# precision = "bf16"           # bfloat16 mixed precision through accelerate (default fp32)
 
 # Optional: exact removals by design (SISA). Sharded language models need tokenizer = "char" or a pretrained network
 # (all shards share one vocabulary, so it must hold no record's words).

@@ -43,8 +43,9 @@ LOCK = "lock"
 """File under ``.disgorge/`` that commands writing to the workspace hold (an OS file lock) one at a time."""
 KEEP_SUPERSEDED = "keep_superseded"
 """Meta key: ids of superseded models whose weights the user chose to keep after an erasure."""
-CONTENT_INFO_KEYS = ("vocab",)
-"""Entries of a model's data facts that hold training content (a word vocabulary); dropped when its weights go."""
+CONTENT_INFO_KEYS = ("vocab", "transform")
+"""Entries of a model's data facts that hold training content (a word vocabulary, preprocessing statistics such as
+a minimum that is one record's value); dropped when its weights go."""
 PRIVATE_FILES = ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "secret", SIGNING_KEY, LOCK)
 """Files under ``.disgorge/`` that only the owner may read (mode 0600; the folder itself is 0700)."""
 
@@ -92,6 +93,9 @@ class Workspace:
         self.models_dir = self.root / "models"
         self.reports_dir = self.root / "reports"
         self._lock = FileLock(str(self.root / STATE_DIR / LOCK), mode=0o600)
+        self.device: str | None = None
+        """Where this session's models train and run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), over any
+        recipe's ``train.device``; None: each recipe's own (``auto`` by default)."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @classmethod
@@ -356,7 +360,8 @@ class Workspace:
         return row.info["data"]
 
     def load_model(self, model_id: str) -> tuple[nn.Module, ModelRow, Task]:
-        """Rebuild a model from its recipe and load its weights, checking their recorded sha256."""
+        """Rebuild a model from its recipe and load its weights, checking their recorded sha256, on the session's
+        device (:meth:`device_for`)."""
         from .tasks import get_task
         from .training.trainer import build_network
 
@@ -372,8 +377,15 @@ class Workspace:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise IntegrityError(f"model {model_id}: weights do not fit its recipe's network ({exc})") from None
-        model.eval()
+        model.to(self.device_for(recipe)).eval()
         return model, row, task
+
+    def device_for(self, recipe: Recipe) -> Any:
+        """The torch device a model of ``recipe`` trains and runs on in this session: :attr:`device` when set, else
+        the recipe's ``train.device``, resolved on this machine (``auto``: a GPU if there is one)."""
+        from . import devices
+
+        return devices.resolve(self.device or recipe.train.device)
 
     def model_file(self, model_id: str, name: str, sha256: str) -> bytes:
         """One file of a model's folder (a slice checkpoint), checked against the sha256 its ledger row records."""
@@ -392,7 +404,7 @@ class Workspace:
         card = model_card(model_id=model_id, task=recipe.task, family=recipe.model.family, parent=parent, kind=kind,
                           method=method, sources=self.sources_of(records), n_records=len(records),
                           recipe_toml=recipe_toml, weights_sha256=digest, request_id=request_id, metrics=metrics,
-                          privacy=info.get("privacy"))
+                          privacy=info.get("privacy"), imported=info.get("imported"), base=info["data"].get("base"))
         config = {"id": model_id, "task": recipe.task, "family": recipe.model.family, "data": info["data"],
                   "parent": parent, "kind": kind, "method": method, "weights_sha256": digest}
         store.write_model_dir(self.models_dir, model_id, {

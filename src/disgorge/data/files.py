@@ -1,5 +1,5 @@
-"""Loaders for user files: CSV (one row per record), NPZ (arrays ``x`` and ``y``) and JSON Lines (texts for
-language models)."""
+"""Loaders for user files: CSV (one row per record: numeric features, or a ``text`` column), NPZ (arrays ``x`` and
+``y``) and JSON Lines (texts for language models, or labelled texts for text classification)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from ..spec import MAX_SEED
 
 MAX_CLASSES = 10_000
 """Class labels are integers in ``[0, MAX_CLASSES)``: a model has one output per class up to the largest label."""
+TEXT_COLUMN = "text"
+"""A CSV column of this name holds texts: the file is read as text-classification records."""
 MAX_FEATURE = 1e30
 """Largest magnitude of a feature value: features are 32-bit floats (finite up to 3.4e38), and values near that
 limit overflow to infinity in the first sums a model computes."""
@@ -42,7 +44,9 @@ def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str
              split: str = "train") -> list[NewRecord]:
     """Rows of a CSV with a header: numeric feature columns, an integer ``label`` column, optional attributes.
 
-    Attribute columns (group labels such as ``sex``) are kept as strings and are not features.
+    Attribute columns (group labels such as ``sex``) are kept as strings and are not features. A CSV with a column
+    named ``text`` holds texts instead (the ``text_classification`` task): each row becomes ``{"text", "y"}`` and
+    every other column must be the label or an attribute.
     """
     p = Path(path)
     _check_file(p)
@@ -74,6 +78,8 @@ def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str
         raise DataFileError(f"{p}: column {label!r} is the label; it cannot also be an --attribute")
     li = header.index(label)
     ai = [header.index(a) for a in attributes]
+    if TEXT_COLUMN in header and label != TEXT_COLUMN and TEXT_COLUMN not in attributes:
+        return _text_rows(p, header, rows, li, ai, attributes, split)
     fi = [i for i in range(len(header)) if i != li and i not in ai]
     if not fi:
         raise DataFileError(f"{p} has no feature columns besides the label and attributes")
@@ -97,6 +103,33 @@ def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str
         x = np.array(values, dtype=np.float32)
         y = _label(row[li], p, n)
         out.append(NewRecord({"x": x, "y": np.array([y], dtype=np.int64)},
+                             {a: row[i] for a, i in zip(attributes, ai, strict=True)}, split))
+    if not out:
+        raise DataFileError(f"{p} has a header but no data rows")
+    return out
+
+
+def _text_rows(p: Path, header: list[str], rows: list[list[str]], li: int, ai: list[int], attributes: Sequence[str],
+               split: str) -> list[NewRecord]:
+    """The rows of a CSV with a ``text`` column as text-classification records ``{"text", "y"}``."""
+    from ..tasks.causal_lm import text_field
+
+    ti = header.index(TEXT_COLUMN)
+    others = [h for i, h in enumerate(header) if i not in (ti, li, *ai)]
+    if others:
+        raise DataFileError(f"{p} has a text column, so every other column must be the label or an --attribute; "
+                            f"column(s) {', '.join(map(repr, others))} are neither: list them with --attribute or "
+                            "drop them")
+    out = []
+    for n, row in enumerate(rows, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataFileError(f"{p} line {n}: {len(row)} fields, the header has {len(header)}")
+        if not _utf8_text(row[ti]):
+            raise DataFileError(f"{p} line {n}: the text is not valid Unicode")
+        y = _label(row[li], p, n)
+        out.append(NewRecord({"text": text_field(row[ti]), "y": np.array([y], dtype=np.int64)},
                              {a: row[i] for a, i in zip(attributes, ai, strict=True)}, split))
     if not out:
         raise DataFileError(f"{p} has a header but no data rows")
@@ -158,10 +191,13 @@ def load_npz(path: str | Path, *, split: str = "train") -> list[NewRecord]:
             for i in range(len(x32))]
 
 
-def load_jsonl(path: str | Path, *, attributes: Sequence[str] = (), split: str = "train") -> list[NewRecord]:
+def load_jsonl(path: str | Path, *, label: str = "label", attributes: Sequence[str] = (),
+               split: str = "train") -> list[NewRecord]:
     """One JSON object per line for the ``causal_lm`` task: a document ``{"text": ...}`` or a question
     ``{"prompt": ..., "answer": ...}`` with optional ``key``, ``paraphrase`` and ``perturbed`` (a list of wrong
-    answers); ``attributes`` names keys kept as group attributes."""
+    answers); ``attributes`` names keys kept as group attributes. Documents that carry an integer ``label`` key
+    (``{"text": ..., "label": 1}``) are labelled texts for the ``text_classification`` task (field ``y``); then every
+    line must carry one."""
     import json
 
     from ..tasks.causal_lm import TEXT_FIELDS, text_field
@@ -174,7 +210,9 @@ def load_jsonl(path: str | Path, *, attributes: Sequence[str] = (), split: str =
         raise DataFileError(f"data file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataFileError(f"cannot read {p} as UTF-8 JSON Lines: {exc}") from None
-    records = []
+    records: list[NewRecord] = []
+    labelled: list[int] = []
+    unlabelled: list[int] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -195,9 +233,17 @@ def load_jsonl(path: str | Path, *, attributes: Sequence[str] = (), split: str =
         if missing:
             raise DataFileError(f"{p} line {n} has no attribute field(s) {', '.join(missing)}")
         fields = {k: text_field(obj[k]) for k in TEXT_FIELDS if k in obj}
+        if label in obj and "text" in obj and label not in attributes:
+            fields["y"] = np.array([_json_label(obj[label], p, n)], dtype=np.int64)
+            labelled.append(n)
+        else:
+            unlabelled.append(n)
         records.append(NewRecord(fields, {a: str(obj[a]) for a in attributes}, split))
     if not records:
         raise DataFileError(f"{p} holds no records")
+    if labelled and unlabelled:
+        raise DataFileError(f"{p} line {unlabelled[0]} has no \"{label}\" but line {labelled[0]} has one; label "
+                            "every text (text classification) or none (language modelling)")
     return records
 
 
@@ -213,7 +259,7 @@ def load_file(path: str | Path, *, label: str = "label", attributes: Sequence[st
         return load_csv(p, label=label, attributes=attributes, split=split)
     if suffix == ".npz":
         return load_npz(p, split=split)
-    return load_jsonl(p, attributes=attributes, split=split)
+    return load_jsonl(p, label=label, attributes=attributes, split=split)
 
 
 def holdout_split(records: Sequence[NewRecord], fraction: float, seed: int = 0) -> list[NewRecord]:
@@ -256,6 +302,13 @@ def _utf8_text(value: object) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _json_label(value: object, p: Path, n: int) -> int:
+    """A JSON Lines label: a non-negative integer class below MAX_CLASSES (a number, or a string such as "3")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataFileError(f"{p} line {n}: label {value!r} is not an integer class")
+    return _label(str(value), p, n)
 
 
 def _label(s: str, p: Path, n: int) -> int:

@@ -94,13 +94,17 @@ def _rows(data: RecordDataset, index: torch.Tensor) -> RecordDataset:
 
 def _relearn(model: nn.Module, task: Task, attack: RecordDataset, train: TrainSpec, steps: int,
              seed: int) -> nn.Module:
-    """A copy of ``model`` fine-tuned for ``steps`` optimiser steps on ``attack`` (all weights trainable)."""
+    """A copy of ``model`` fine-tuned for ``steps`` optimiser steps on ``attack``: every weight its recipe trains
+    (all of them, unless the model says otherwise through ``recipe_trains(name)``, as a classifier over a frozen
+    pretrained encoder does), whatever an unlearning method left frozen."""
     out = copy.deepcopy(model)
-    for p in out.parameters():
-        p.requires_grad_(True)
+    trains = getattr(out, "recipe_trains", None)
+    for name, p in out.named_parameters():
+        p.requires_grad_(trains(name) if callable(trains) else True)
     loader = task.loader(attack, min(train.batch_size, len(attack)), shuffle=True,
                          generator=torch.Generator().manual_seed(seed))
-    fit(out, loader, mean_loss(task), make_optimizer(out.parameters(), train), epochs=math.ceil(steps / len(loader)),
+    trainable = [p for p in out.parameters() if p.requires_grad]
+    fit(out, loader, mean_loss(task), make_optimizer(trainable, train), epochs=math.ceil(steps / len(loader)),
         max_steps=steps, description="relearning attack", accelerator=task.accelerator())
     return out.eval()
 
@@ -121,7 +125,7 @@ def relearn_attack(task: Task, models: Mapping[str, nn.Module], forget: RecordDa
     if n < 2:
         return None
     k = min(max(1, round(share * n)), n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")
     attack, measured = _rows(forget, order[:k]), _rows(forget, order[k:])
 
     def measure(model: nn.Module) -> Figures:

@@ -21,7 +21,7 @@ from ..errors import DisgorgeError, IntegrityError, InvalidRequest, NotFound
 from . import bitmap as bm
 from . import fingerprint as fp
 from . import payload as pl
-from .schema import MIGRATIONS, REBUILDS, SCHEMA_VERSION
+from .schema import MIGRATIONS, MODEL_KINDS, REBUILDS, SCHEMA_VERSION
 
 SPLITS = ("train", "test")
 STATES = ("active", "held", "erased")
@@ -587,7 +587,7 @@ class Ledger:
             raise NotFound(f"no model {model_id!r} in this workspace; see `disgorge models`")
         return m
 
-    def models(self, *, kinds: Sequence[str] = ("trained", "unlearned", "reference"),
+    def models(self, *, kinds: Sequence[str] = MODEL_KINDS,
                status: str | None = None) -> list[ModelRow]:
         """Models of the given kinds (and status), oldest first."""
         q = f"SELECT * FROM models WHERE kind IN ({','.join('?' * len(kinds))})"

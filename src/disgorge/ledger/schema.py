@@ -116,9 +116,42 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tombstone_bands_band ON tombstone_bands(band);
     """,
+    # version 3: models trained elsewhere and registered with their records (kind 'imported', see disgorge.transfer).
+    # The CHECK constraint changes, so the models table is rebuilt as in version 2; its columns and values stay, so
+    # every row keeps the digest the HMAC chain sealed.
+    """
+    CREATE TABLE models_v3 (
+        id             TEXT PRIMARY KEY,
+        parent         TEXT REFERENCES models(id),
+        kind           TEXT NOT NULL CHECK (kind IN ('trained', 'unlearned', 'reference', 'imported')),
+        status         TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'superseded', 'retired')),
+        task           TEXT NOT NULL,
+        recipe         TEXT NOT NULL,
+        recipe_sha256  TEXT NOT NULL,
+        weights_sha256 TEXT NOT NULL,
+        records        BLOB NOT NULL,
+        n_records      INTEGER NOT NULL,
+        method         TEXT,
+        request_id     INTEGER REFERENCES requests(id),
+        seconds        REAL NOT NULL,
+        info           TEXT NOT NULL DEFAULT '{}',
+        created_at     TEXT NOT NULL,
+        weights_deleted_at TEXT
+    );
+    INSERT INTO models_v3 SELECT id, parent, kind, status, task, recipe, recipe_sha256, weights_sha256, records,
+                                 n_records, method, request_id, seconds, info, created_at, weights_deleted_at
+                          FROM models;
+    DROP TABLE models;
+    ALTER TABLE models_v3 RENAME TO models;
+    CREATE INDEX models_reference ON models(kind, recipe_sha256);
+    """,
 ]
 
-REBUILDS = {1}
+MODEL_KINDS = ("trained", "unlearned", "reference", "imported")
+"""What a model row can be: trained here, unlearned from a parent, a verification reference, or imported (trained
+elsewhere and registered with the records it was trained on)."""
+
+REBUILDS = {1, 2}
 """Migrations (by index) that rebuild a table and so must run with foreign keys off."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

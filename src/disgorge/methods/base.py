@@ -297,7 +297,8 @@ class Method(ABC):
         watch = self.retain_guard(model, request) if guard else None
         result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
                      max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
-                     guard=watch, accelerator=request.task.accelerator(), **kwargs)
+                     guard=watch, accelerator=request.task.accelerator(request.train.precision),
+                     **kwargs)
         if result.stopped == "guard" and isinstance(cfg, GuardedConfig):
             log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
                         "restored the last state that kept it (possibly the original weights: lower the learning "
@@ -315,7 +316,7 @@ class Method(ABC):
             return None
         generator = torch.Generator().manual_seed(request.seed + 3)
         n = min(sample, len(request.retain))
-        picked = torch.randperm(len(request.retain), generator=generator)[:n].sort().values
+        picked = torch.randperm(len(request.retain), generator=generator, device="cpu")[:n].sort().values
         subset = request.retain.subset(request.retain.ids[picked.numpy()])
         task = request.task
 

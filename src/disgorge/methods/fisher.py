@@ -45,7 +45,7 @@ class Fisher(Method):
             for n, p in model.named_parameters():
                 if n in fisher:
                     std = (cfg.alpha / (fisher[n] + 1e-12)).sqrt().clamp(max=cfg.max_std)
-                    p.add_(std * torch.randn(p.shape, generator=generator))
+                    p.add_(std * torch.randn(p.shape, generator=generator, device="cpu").to(p.device))
         if cfg.repair_epochs:
             optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
             # the noise already moved the model: the guard would measure from the noisy state, so it stays off

@@ -50,7 +50,8 @@ class IDK(Method):
         optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
 
         def refused(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            picks = torch.randint(len(REFUSALS), (task.batch_size(batch),), generator=generator).tolist()
+            size = (task.batch_size(batch),)
+            picks = torch.randint(len(REFUSALS), size, generator=generator, device="cpu").tolist()
             return task.with_answers(batch, [REFUSALS[i] for i in picks])
 
         def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -59,7 +59,7 @@ class RMU(Method):
         with torch.no_grad():
             hidden, mask = task.hidden_states(model, next(iter(request.loader("forget"))), layer)
             scale = hidden.norm(dim=-1)[mask.bool()].mean()
-        direction = torch.rand(hidden.shape[-1], generator=torch.Generator().manual_seed(request.seed))
+        direction = torch.rand(hidden.shape[-1], generator=torch.Generator().manual_seed(request.seed), device="cpu")
         target = (cfg.steering * scale * direction / direction.norm()).to(hidden.device)
         forget_batches = request.cycle("forget")
         optimizer = make_optimizer(trained, request.train, lr=cfg.lr)

@@ -11,9 +11,13 @@ import yaml
 def model_card(*, model_id: str, task: str, family: str, parent: str | None, kind: str, method: str | None,
                sources: list[dict[str, Any]], n_records: int, recipe_toml: str, weights_sha256: str,
                request_id: int | None = None, metrics: dict[str, Any] | None = None,
-               privacy: dict[str, Any] | None = None) -> str:
+               privacy: dict[str, Any] | None = None, imported: dict[str, Any] | None = None,
+               base: dict[str, Any] | None = None) -> str:
     """The text of a model card. ``sources`` are dicts with ``name``, ``license``, ``origin`` and ``records``;
-    ``privacy`` is what differentially private training spent (``FitResult.info["privacy"]``), for a DP model."""
+    ``privacy`` is what differentially private training spent (``FitResult.info["privacy"]``), for a DP model;
+    ``imported`` where a model trained elsewhere came from and whether a reference can be retrained for it;
+    ``base`` the pretrained network training started from (``name`` and ``sha256``), whose own training data the
+    ledger does not hold."""
     licenses = sorted({s["license"] for s in sources})
     front: dict[str, Any] = {
         "library_name": "disgorge",
@@ -39,6 +43,12 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
     if privacy:
         front["tags"].append("differential-privacy")
         front["disgorge"]["privacy"] = privacy
+    if imported:
+        front["tags"].append("imported")
+        front["disgorge"]["imported"] = imported
+    if base:
+        front["base_model"] = base["name"]
+        front["disgorge"]["base"] = {**base, "data_in_ledger": False}
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -55,7 +65,9 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         "|---|---|---|---|",
         *[f"| {s['name']} | {s['license']} | {s['origin'] or '-'} | {s['records']} |" for s in sources],
         "",
+        *(base_section(base) if base else []),
         *(privacy_section(privacy) if privacy else []),
+        *(imported_section(imported) if imported else []),
         "## Recipe",
         "",
         "```toml",
@@ -63,11 +75,37 @@ def model_card(*, model_id: str, task: str, family: str, parent: str | None, kin
         "```",
         "",
         f"Weights: `model.safetensors`, sha256 `{weights_sha256}`. "
-        + ("Retrain it from scratch with `disgorge train recipe.toml`." if kind != "unlearned" else
+        + ("Retrain it from scratch with `disgorge train recipe.toml`." if kind not in ("unlearned", "imported")
+           else "It was trained elsewhere; the recipe is how disgorge builds, unlearns and (see above) retrains it."
+           if kind == "imported" else
            "Its exact counterpart is `disgorge train recipe.toml` on the records it keeps (`records.roaring`)."),
         "",
     ]
     return "\n".join(lines)
+
+
+def base_section(base: dict[str, Any]) -> list[str]:
+    """The card's lines on the pretrained network training started from: one more source, whose data the ledger
+    does not hold, so no erasure request can reach it."""
+    return ["## Base network", "",
+            f"Training started from the pretrained network `{base['name']}`"
+            + (f" (as the package {base['package']} ships it)" if base.get("package") else "")
+            + f", safetensors sha256 `{base['sha256']}`. "
+            "Its own training data is a further source that this ledger does not hold: erasure requests remove what "
+            "the records above taught the model, never what the base network learned before.", ""]
+
+
+def imported_section(imported: dict[str, Any]) -> list[str]:
+    """The card's lines on a model trained elsewhere: the folder it came from, its base network, and whether a model
+    retrained without forgotten records (``exact`` verification) can be made."""
+    lines = ["## Imported", "",
+             f"Trained elsewhere and imported from `{imported['folder']}` ({imported['layout']}); the records it was "
+             "trained on were ingested with it, as listed above."
+             + (f" It was fine-tuned from the base network `{imported['base']}`." if imported.get("base") else ""),
+             "",
+             ("Exact verification: " if imported.get("reference") else "No exact verification: ")
+             + imported["reference_note"] + ".", ""]
+    return lines
 
 
 def privacy_section(privacy: dict[str, Any]) -> list[str]:

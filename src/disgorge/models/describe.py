@@ -8,6 +8,7 @@ from typing import Any
 
 from .families import MODELS
 from .language import LM_FAMILIES
+from .text import TEXT_FAMILIES
 
 
 def _default(field: Any) -> Any:
@@ -25,7 +26,8 @@ def describe_families() -> list[dict[str, Any]]:
     """One entry per family: ``task``, ``family``, ``summary`` and ``params`` (name, type, default), classifiers
     first."""
     out = []
-    for task, registry in (("classification", MODELS), ("causal_lm", LM_FAMILIES)):
+    for task, registry in (("classification", MODELS), ("causal_lm", LM_FAMILIES),
+                           ("text_classification", TEXT_FAMILIES)):
         for name in registry.names():
             entry = registry.get(name)
             config = getattr(entry, "config", entry)  # classifier families wrap their config; LM families are one

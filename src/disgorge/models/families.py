@@ -106,7 +106,8 @@ class CNNConfig:
         if len(input_shape) == 2:
             input_shape = (1, *input_shape)
         if len(input_shape) != 3:
-            raise ModelConfigError(f"model family 'cnn' needs image inputs (C, H, W); got shape {input_shape}")
+            raise ModelConfigError(f"model family 'cnn' needs image inputs (C, H, W); got shape {input_shape}: give "
+                                   "the recipe a [data] shape such as [1, 28, 28] for flat rows of images")
         shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
         c, h, w = shape
         layers: list[nn.Module] = []
@@ -120,10 +121,10 @@ class CNNConfig:
         if self.dropout:
             layers.append(nn.Dropout(self.dropout))
         layers.append(nn.Linear(self.hidden, num_classes))
-        return _Reshape(shape, nn.Sequential(*layers))
+        return Reshape(shape, nn.Sequential(*layers))
 
 
-class _Reshape(nn.Module):
+class Reshape(nn.Module):
     """Gives 2-D images a channel axis before the wrapped network."""
 
     def __init__(self, shape: tuple[int, int, int], net: nn.Module) -> None:

@@ -146,6 +146,11 @@ class PretrainedTokenizer:
         """Texts, special tokens dropped."""
         return self._tok.batch_decode([list(r) for r in ids], skip_special_tokens=True)
 
+    @property
+    def hf(self) -> Any:
+        """The Hugging Face tokenizer itself (what ``save_pretrained`` writes)."""
+        return self._tok
+
 
 class LanguageModel(nn.Module):
     """A causal LM and its tokenizer. ``forward`` returns next-token logits; everything else (losses, generation)
@@ -179,6 +184,44 @@ class LanguageModel(nn.Module):
                 continue
             return list(obj)
         raise ModelConfigError(f"cannot find the transformer blocks of {type(self.net).__name__}")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map of the 256 byte values to printable characters, the alphabet of byte-level BPE vocabularies."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    out = {b: chr(b) for b in shown}
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + len(out) - len(shown))
+    return out
+
+
+def hf_tokenizer(tokenizer: Tokenizer, max_length: int) -> Any:
+    """``tokenizer`` as a Hugging Face fast tokenizer that ``save_pretrained`` writes and ``AutoTokenizer`` loads
+    without disgorge, giving the same ids (without special tokens, as the task encodes): a ``word`` vocabulary as a
+    ``tokenizers`` WordLevel model with the same whitespace/punctuation split, ``char`` as a byte-level BPE with no
+    merges whose 256 byte tokens keep their ids (4 + byte), a pretrained folder's tokenizer as it is. Special tokens
+    written in a text are read as text (``split_special_tokens``), as disgorge reads them."""
+    if isinstance(tokenizer, PretrainedTokenizer):
+        return tokenizer.hf
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, WordTokenizer):
+        core = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(tokenizer.vocab)}, unk_token="[UNK]"))
+        core.pre_tokenizer = pre_tokenizers.Whitespace()
+    elif isinstance(tokenizer, ByteTokenizer):
+        vocab = {s: i for i, s in enumerate(SPECIALS)}
+        vocab.update({c: b + len(SPECIALS) for b, c in _bytes_to_unicode().items()})
+        core = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        core.decoder = decoders.ByteLevel()
+    else:
+        raise ModelConfigError(f"cannot write a {type(tokenizer).__name__} as a Hugging Face tokenizer")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
+                                   eos_token="[EOS]", model_max_length=max_length, split_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
 
 
 def select_token_rows(net: nn.Module, keep: Sequence[int]) -> None:

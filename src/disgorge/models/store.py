@@ -23,7 +23,7 @@ def serialize_weights(model: nn.Module) -> tuple[bytes, str]:
     """The safetensors bytes of a model's state dict and their SHA-256 (equal weights give equal bytes)."""
     from safetensors.torch import save as st_save  # torch loads only where weights are
 
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
     data = st_save(state, metadata={"format": "pt"})
     return data, sha256_bytes(data)
 

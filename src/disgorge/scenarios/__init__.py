@@ -9,6 +9,7 @@ from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent
 from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini
 from .mnist import MNIST
 from .registry import SCENARIOS
+from .text import SmsSpam, SmsSpamMini
 
 
 def get_scenario(name: str) -> Scenario:
@@ -29,5 +30,5 @@ def workspace_purpose(ws: Workspace) -> str:
 
 
 __all__ = ["MNIST", "SCENARIOS", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
-           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SourceData", "get_scenario",
-           "workspace_probes", "workspace_purpose"]
+           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SmsSpam", "SmsSpamMini", "SourceData",
+           "get_scenario", "workspace_probes", "workspace_purpose"]

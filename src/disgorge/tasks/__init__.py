@@ -1,4 +1,4 @@
-"""Tasks: domain adapters (``classification``, ``causal_lm``) behind one protocol."""
+"""Tasks: domain adapters (``classification``, ``causal_lm``, ``text_classification``) behind one protocol."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .base import Batch, FigureSet, RecordDataset, Task
 from .causal_lm import CausalLMTask
 from .classification import ClassificationTask
 from .registry import TASKS
+from .text_classification import TextClassificationTask
 
 
 def get_task(name: str) -> Task:
@@ -21,6 +22,9 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> Task:
     try:
         task = get_task(recipe.task)
         task.check_model(recipe.model)
+        if (recipe.data.transform or recipe.data.shape) and not task.preprocessing:
+            raise RecipeError(f"{where}: task {recipe.task!r} takes no [data] transform or shape (its records are "
+                              "not numeric inputs); remove them")
     except RecipeError:
         raise
     except DisgorgeError as exc:
@@ -29,4 +33,4 @@ def check_recipe(recipe: Recipe, where: str = "recipe") -> Task:
 
 
 __all__ = ["TASKS", "Batch", "CausalLMTask", "ClassificationTask", "FigureSet", "RecordDataset", "Task",
-           "check_recipe", "get_task"]
+           "TextClassificationTask", "check_recipe", "get_task"]

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..evaluate.metrics import accuracy, split_figures
 from ..ledger import Record
-from ..spec import ModelSpec
+from ..spec import DataSpec, ModelSpec
 
 Batch = dict[str, torch.Tensor]
 
@@ -90,12 +90,15 @@ class Task(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
     quick_accuracy_name: ClassVar[str] = "accuracy"  # what :meth:`quick_accuracy` measures, as printed
+    preprocessing: ClassVar[bool] = False  # whether a recipe's [data] transform and shape apply to its inputs
     figures: ClassVar[FigureSet] = CLASSIFICATION_FIGURES
 
     @abstractmethod
-    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None,
+                  prep: DataSpec | None = None) -> dict[str, Any]:
         """Facts about the training data a model must be built for (input shape, number of classes, a trained
-        vocabulary); stored with the model, so a model retrained on less data is built the same way."""
+        vocabulary, preprocessing fitted on the records as the recipe's ``[data]`` table, ``prep``, asks); stored
+        with the model, so a model retrained on less data is built the same way."""
 
     @abstractmethod
     def dataset(self, records: Sequence[Record]) -> RecordDataset:
@@ -182,8 +185,9 @@ class Task(ABC):
         """The batch with new answer texts (capability ``text``)."""
         raise NotImplementedError(f"task {self.name!r} has no text answers")
 
-    def accelerator(self) -> Any:
-        """An ``accelerate.Accelerator`` the training loop runs through, or None for a plain loop."""
+    def accelerator(self, precision: str = "fp32") -> Any:
+        """An ``accelerate.Accelerator`` the training loop runs through (``precision``: a recipe's
+        ``train.precision``), or None for a plain loop."""
         return None
 
     def quick_accuracy(self, model: nn.Module, data: RecordDataset) -> float:

@@ -21,7 +21,7 @@ from ..errors import InvalidRequest
 from ..ledger import Record
 from ..models.language import LanguageModel, lm_family, require_lm
 from ..models.language import prune_vocabulary as prune_word_vocabulary
-from ..spec import ModelSpec
+from ..spec import DataSpec, ModelSpec
 from .base import Batch, FigureSet, RecordDataset, Task
 from .registry import TASKS
 
@@ -60,13 +60,14 @@ def field_text(value: np.ndarray) -> str:
     return np.asarray(value, dtype=np.uint8).tobytes().decode("utf-8")
 
 
-def _pad_bytes(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_texts(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """UTF-8 bytes of each text, right-padded with zeros (``[N, W]`` uint8), and each one's length in bytes."""
     raw = [t.encode("utf-8") for t in texts]
     width = max((len(b) for b in raw), default=0)
     out = np.zeros((len(raw), max(width, 1)), dtype=np.uint8)
     for i, b in enumerate(raw):
         out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
-    return torch.from_numpy(out), torch.tensor([len(b) for b in raw], dtype=torch.long)
+    return torch.from_numpy(out), torch.tensor([len(b) for b in raw], dtype=torch.long, device="cpu")
 
 
 def texts(batch: Batch, column: str) -> list[str]:
@@ -128,7 +129,7 @@ class CausalLMTask(Task):
                 columns[c].append(field_text(f[c]) if c in f else "")
         tensors: dict[str, torch.Tensor] = {}
         for c, values in columns.items():
-            tensors[c], tensors[f"{c}_len"] = _pad_bytes(values)
+            tensors[c], tensors[f"{c}_len"] = pad_texts(values)
         return RecordDataset([r.id for r in records], **tensors)
 
     def user_records(self, data: Any, first_id: int = 0) -> list[Record]:
@@ -146,8 +147,10 @@ class CausalLMTask(Task):
                               "active"))
         return out
 
-    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
-        """What the model family learns from the training texts (the word vocabulary, for ``word``)."""
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None,
+                  prep: DataSpec | None = None) -> dict[str, Any]:
+        """What the model family learns from the training texts (the word vocabulary, for ``word``); texts take no
+        ``[data]`` preprocessing (:func:`~disgorge.tasks.check_recipe` refuses it)."""
         require_lm()
         if spec is None:
             return {}
@@ -176,12 +179,20 @@ class CausalLMTask(Task):
         require_lm()
         return lm_family(spec.family, spec.params).build(info)
 
-    def accelerator(self) -> Any:
-        """A Hugging Face ``accelerate`` Accelerator: one CPU process here; ``accelerate launch`` with a config
-        (several GPUs, FSDP, DeepSpeed) scales the same recipe out."""
+    def accelerator(self, precision: str = "fp32") -> Any:
+        """A Hugging Face ``accelerate`` Accelerator: one process here; ``accelerate launch`` with a config (several
+        GPUs, FSDP, DeepSpeed) scales the same recipe out. It leaves device placement to disgorge (the model is
+        already where ``--device`` put it, and batches follow the model) and runs ``bf16`` mixed precision when the
+        recipe's ``train.precision`` asks for it."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
-        return Accelerator()
+        mixed = "bf16" if precision == "bf16" else "no"
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another precision; one
+        # process here trains recipes of either kind, so the state is reset when the precision changes.
+        if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+            AcceleratorState._reset_state(True)
+        return Accelerator(device_placement=False, mixed_precision=mixed)
 
     # -- tokens ---------------------------------------------------------------------------------------
     def encode(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]
@@ -198,11 +209,12 @@ class CausalLMTask(Task):
             rows.append([tok.bos_id, *p, *a])
             targets.append((len(p), len(a)))
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        answer = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+        # Built on the CPU (token lists live there), then moved to the model in one copy each.
+        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long, device="cpu")
+        attention = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+        answer = torch.zeros((len(rows), width - 1), dtype=torch.bool, device="cpu")
         for i, (row, (np_, na)) in enumerate(zip(rows, targets, strict=True)):
-            ids[i, :len(row)] = torch.tensor(row)
+            ids[i, :len(row)] = torch.tensor(row, device="cpu")
             attention[i, :len(row)] = 1
             answer[i, np_:np_ + na] = True
         device = lm.device
@@ -257,13 +269,13 @@ class CausalLMTask(Task):
             if at > 0:
                 prompts[i], answers[i] = p + a[:at], a[at:]
         tensors = dict(data.tensors)
-        tensors["prompt"], tensors["prompt_len"] = _pad_bytes(prompts)
-        tensors["answer"], tensors["answer_len"] = _pad_bytes(answers)
+        tensors["prompt"], tensors["prompt_len"] = pad_texts(prompts)
+        tensors["answer"], tensors["answer_len"] = pad_texts(answers)
         return RecordDataset(data.ids, **tensors)
 
     def with_answers(self, batch: Batch, answers: Sequence[str]) -> Batch:
         """The batch with new answers (the same questions)."""
-        data, lengths = _pad_bytes(answers)
+        data, lengths = pad_texts(answers)
         return {**batch, "answer": data, "answer_len": lengths}
 
     # -- generation and evaluation --------------------------------------------------------------------
@@ -275,10 +287,10 @@ class CausalLMTask(Task):
         encoded = [[tok.bos_id, *p][-(lm.max_length - 1):] for p in tok.encode(prompts)]
         width = max(len(e) for e in encoded)
         new = max(1, min(max_new_tokens, lm.max_length - width))
-        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long)
+        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long, device="cpu")
         attention = torch.zeros_like(ids)
         for i, e in enumerate(encoded):
-            ids[i, width - len(e):] = torch.tensor(e)
+            ids[i, width - len(e):] = torch.tensor(e, device="cpu")
             attention[i, width - len(e):] = 1
         out = lm.net.generate(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
                               max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_id,
@@ -322,10 +334,10 @@ class CausalLMTask(Task):
             out = self.token_logprobs(model, prompts, answers, stats=True)
             mask = out["mask"]
             nll = _mean_nll(out)
-            per_token = [row[m].numpy() for row, m in zip(out["logp"], mask, strict=True)]
-            mus = [row[m].numpy() for row, m in zip(out["mu"], mask, strict=True)]
-            sigmas = [row[m].numpy() for row, m in zip(out["sigma"], mask, strict=True)]
-            cols["loss"].append(nll.numpy())
+            per_token = [row[m].cpu().numpy() for row, m in zip(out["logp"], mask, strict=True)]
+            mus = [row[m].cpu().numpy() for row, m in zip(out["mu"], mask, strict=True)]
+            sigmas = [row[m].cpu().numpy() for row, m in zip(out["sigma"], mask, strict=True)]
+            cols["loss"].append(nll.cpu().numpy())
             cols["mia_loss"].append(lm.loss_score(per_token))
             cols["mia_zlib"].append(lm.zlib_score(per_token, answers))
             cols["mia_mink"].append(lm.mink_score(per_token, lm.MINK_K))
@@ -401,8 +413,8 @@ class CausalLMTask(Task):
             return ratios
         k = min(len(wrong[i]) for i in have)
         q = [prompts[i] for i in have]
-        para = self.sequence_nll(model, q, [paraphrases[i] for i in have]).numpy()
-        pert = np.stack([self.sequence_nll(model, q, [wrong[i][j] for i in have]).numpy() for j in range(k)], 1)
+        para = self.sequence_nll(model, q, [paraphrases[i] for i in have]).cpu().numpy()
+        pert = np.stack([self.sequence_nll(model, q, [wrong[i][j] for i in have]).cpu().numpy() for j in range(k)], 1)
         ratios[have] = lm.truth_ratio(para, pert)
         return ratios
 

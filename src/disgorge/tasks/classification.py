@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .. import devices
 from ..errors import InvalidRequest
 from ..ledger import Record
+from ..models import preprocess
 from ..models.families import family_config
 from ..models.registry import MODELS
-from ..spec import ModelSpec
+from ..spec import DataSpec, ModelSpec
 from .base import Batch, RecordDataset, Task
 from .registry import TASKS
 
@@ -26,6 +28,7 @@ class ClassificationTask(Task):
 
     name: ClassVar[str] = "classification"
     capabilities: ClassVar[frozenset[str]] = frozenset({"labels", "logits", "adversarial"})
+    preprocessing: ClassVar[bool] = True
 
     def user_records(self, data: Any, first_id: int = 0) -> list[Record]:
         """Inputs and integer labels given as a pair ``(x, y)`` of tensors or arrays, a ``TensorDataset`` of them,
@@ -44,8 +47,10 @@ class ClassificationTask(Task):
             width = int(self.logits(model.eval(), data.tensors_slice(0, 1)).shape[1])
         return {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": width}
 
-    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None) -> dict[str, Any]:
-        """Input shape and number of classes (largest label + 1).
+    def data_info(self, data: RecordDataset, spec: ModelSpec | None = None,
+                  prep: DataSpec | None = None) -> dict[str, Any]:
+        """Input shape, number of classes (largest label + 1) and, where the recipe's ``[data]`` (``prep``) asks for
+        it, the preprocessing fitted on these records (``transform``, see :mod:`disgorge.models.preprocess`).
 
         Refuses a largest label that implies over ten times as many classes as distinct labels are present (a stray
         label such as 999 among 0..9 would build a 1000-class model), and, given the recipe's ``spec``, a model over
@@ -55,6 +60,10 @@ class ClassificationTask(Task):
 
         y = data.tensors["y"]
         info = {"input_shape": list(data.tensors["x"].shape[1:]), "num_classes": int(y.max()) + 1}
+        if prep is not None:
+            facts = preprocess.fit_transform(prep.transform, prep.shape, data.tensors["x"].numpy())
+            if facts is not None:
+                info["transform"] = facts
         distinct = int(torch.unique(y).numel())
         if info["num_classes"] > 10 * distinct:
             raise InvalidRequest(f"a training record is labelled {info['num_classes'] - 1}, which implies "
@@ -65,14 +74,14 @@ class ClassificationTask(Task):
                 size = sum(p.numel() for p in self.build_model(spec, info).parameters())
             if size > MAX_PARAMETERS:
                 raise InvalidRequest(f"this recipe's model would have {size:,} parameters on these inputs "
-                                     f"{tuple(info['input_shape'])}; models are capped at {MAX_PARAMETERS:,} "
+                                     f"{preprocess.network_shape(info)}; models are capped at {MAX_PARAMETERS:,} "
                                      "(MAX_PARAMETERS): use smaller widths")
         return info
 
     def dataset(self, records: Sequence[Record]) -> RecordDataset:
         """Stack the records' ``x`` and ``y`` fields."""
         if not records:
-            return RecordDataset([], x=torch.zeros(0), y=torch.zeros(0, dtype=torch.long))
+            return RecordDataset([], x=torch.zeros(0, device="cpu"), y=torch.zeros(0, dtype=torch.long, device="cpu"))
         xs, ys = [], []
         for r in records:
             if r.fields is None:
@@ -85,7 +94,7 @@ class ClassificationTask(Task):
         if len(shapes) > 1:
             raise InvalidRequest(f"records have different input shapes {sorted(shapes)}; they cannot share a model")
         x = torch.from_numpy(np.stack(xs).astype(np.float32))
-        return RecordDataset([r.id for r in records], x=x, y=torch.tensor(ys, dtype=torch.long))
+        return RecordDataset([r.id for r in records], x=x, y=torch.tensor(ys, dtype=torch.long, device="cpu"))
 
     def check_model(self, spec: ModelSpec) -> None:
         """The family must be registered and its parameters valid."""
@@ -97,17 +106,39 @@ class ClassificationTask(Task):
         return int(info["num_classes"])
 
     def build_model(self, spec: ModelSpec, info: dict[str, Any]) -> nn.Module:
-        """Build the recipe's model family for this input shape and class count."""
+        """Build the recipe's model family for this input shape and class count, behind the preprocessing the data
+        facts hold (if any)."""
         family = MODELS.get(spec.family)
-        return family.build(spec.params, tuple(info["input_shape"]), int(info["num_classes"]))
+        net = family.build(spec.params, preprocess.network_shape(info), int(info["num_classes"]))
+        return preprocess.wrap(net, info.get("transform"))
+
+    def prune_vocabulary(self, model: nn.Module, data_info: dict[str, Any],
+                         retain: RecordDataset) -> tuple[nn.Module, dict[str, Any]]:
+        """After an erasure: preprocessing statistics fitted again on the records kept (a min or max may be a
+        forgotten record's own value), in the data facts and in the model's transform layer."""
+        if "transform" not in data_info or not len(retain):
+            return model, data_info
+        facts = preprocess.refit(data_info["transform"], retain.tensors["x"].numpy())
+        for module in model.modules():
+            if isinstance(module, preprocess.Preprocess):
+                module.load_facts(facts)
+        return model, {**data_info, "transform": facts}
+
+    def retrained_info(self, data_info: dict[str, Any], retain: RecordDataset, spec: ModelSpec) -> dict[str, Any]:
+        """The original's data facts (every class kept), with preprocessing fitted on the retained records as
+        training on them alone would fit it."""
+        if "transform" not in data_info or not len(retain):
+            return data_info
+        return {**data_info, "transform": preprocess.refit(data_info["transform"], retain.tensors["x"].numpy())}
 
     def per_example_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Cross-entropy of each example."""
+        """Cross-entropy of each example (on the model's device)."""
+        batch = devices.to_model(model, batch)
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
 
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Class scores."""
-        return model(batch["x"])
+        """Class scores (on the model's device)."""
+        return model(devices.to_model(model, batch)["x"])
 
     def with_labels(self, batch: Batch, labels: torch.Tensor) -> Batch:
         """The batch with new class labels."""
@@ -116,43 +147,26 @@ class ClassificationTask(Task):
     def nearest_wrong_labels(self, model: nn.Module, batch: Batch, step: float) -> torch.Tensor:
         """Boundary Shrink's neighbour search: the class predicted after an FGSM step of size ``step`` on the input.
 
-        If the step does not leave the true class, the runner-up class of the perturbed input is used instead.
+        If the step does not leave the true class, the runner-up class of the perturbed input is used instead. The
+        step is taken on the network's own inputs, after the model's preprocessing, so its size does not depend on
+        the scale the records are stored in.
         """
-        x = batch["x"].detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), batch["y"])
+        batch = devices.to_model(model, batch)
+        net, x = model, batch["x"]
+        if isinstance(model, preprocess.Preprocessed):
+            net, x = model.net, model.transform(x)
+        x = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(net(x), batch["y"])
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
-            logits = model(x + step * grad.sign())
+            logits = net(x + step * grad.sign())
             logits.scatter_(1, batch["y"][:, None], float("-inf"))
             return logits.argmax(1)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
         """Per-example loss, correctness, confidence in the true class, predicted class and the loss attack's
         membership score ``mia_loss`` (minus the loss)."""
-        was_training = model.training
-        model.eval()
-        outs: dict[str, list[np.ndarray]] = {"loss": [], "correct": [], "confidence": [], "pred": []}
-        x, y = data.tensors["x"], data.tensors["y"]
-        for i in range(0, len(data), batch_size):
-            logits = model(x[i:i + batch_size])
-            if len(y) and int(y[i:i + batch_size].max()) >= logits.shape[1]:
-                raise InvalidRequest(f"a record is labelled {int(y[i:i + batch_size].max())} but the model has only "
-                                     f"{logits.shape[1]} classes; it cannot be evaluated on these records")
-            yb = y[i:i + batch_size]
-            logp = F.log_softmax(logits, dim=1)
-            nll = -logp.gather(1, yb[:, None]).squeeze(1)
-            pred = logits.argmax(1)
-            outs["loss"].append(nll.numpy())
-            outs["confidence"].append(torch.exp(-nll).numpy())
-            outs["correct"].append((pred == yb).float().numpy())
-            outs["pred"].append(pred.numpy())
-        model.train(was_training)
-        if not len(data):
-            return {k: np.zeros(0) for k in (*outs, "mia_loss")}
-        result = {k: np.concatenate(v) for k, v in outs.items()}
-        result["mia_loss"] = -result["loss"]
-        return result
+        return label_outputs(self, model, data, batch_size)
 
     def strata(self, data: RecordDataset) -> np.ndarray:
         """The class label of each record."""
@@ -161,8 +175,37 @@ class ClassificationTask(Task):
     def random_labels(self, batch: Batch, num_classes: int, generator: torch.Generator | None = None) -> Batch:
         """The batch with each label replaced by a uniformly drawn *different* class."""
         y = batch["y"]
-        shift = torch.randint(1, num_classes, y.shape, generator=generator)
+        where = generator.device if generator is not None else y.device  # drawn where the seed is, then moved
+        shift = torch.randint(1, num_classes, y.shape, generator=generator, device=where).to(y.device)
         return {**batch, "y": (y + shift) % num_classes}
+
+
+@torch.no_grad()
+def label_outputs(task: Task, model: nn.Module, data: RecordDataset, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """What a classifier's ``evaluate`` returns, from the task's class scores on ``data`` (computed on the model's
+    device, returned as numpy): per-example ``loss``, ``correct``, ``confidence``, ``pred`` and ``mia_loss``."""
+    was_training = model.training
+    model.eval()
+    outs: dict[str, list[np.ndarray]] = {"loss": [], "correct": [], "confidence": [], "pred": []}
+    for i in range(0, len(data), batch_size):
+        batch = data.tensors_slice(i, i + batch_size)
+        logits = task.logits(model, batch)
+        yb = batch["y"].to(logits.device)
+        if int(yb.max()) >= logits.shape[1]:
+            raise InvalidRequest(f"a record is labelled {int(yb.max())} but the model has only {logits.shape[1]} "
+                                 "classes; it cannot be evaluated on these records")
+        nll = -F.log_softmax(logits.float(), dim=1).gather(1, yb[:, None]).squeeze(1)
+        pred = logits.argmax(1)
+        outs["loss"].append(devices.numpy(nll))
+        outs["confidence"].append(devices.numpy(torch.exp(-nll)))
+        outs["correct"].append(devices.numpy((pred == yb).float()))
+        outs["pred"].append(devices.numpy(pred))
+    model.train(was_training)
+    if not len(data):
+        return {k: np.zeros(0) for k in (*outs, "mia_loss")}
+    result = {k: np.concatenate(v) for k, v in outs.items()}
+    result["mia_loss"] = -result["loss"]
+    return result
 
 
 def _inputs_and_labels(data: Any) -> tuple[np.ndarray, np.ndarray]:

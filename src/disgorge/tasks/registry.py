@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from .._registry import Registry
 
-TASKS: Registry = Registry("task", "known tasks: classification, causal_lm")
+TASKS: Registry = Registry("task", "known tasks: classification, causal_lm, text_classification")

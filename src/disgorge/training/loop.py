@@ -70,11 +70,21 @@ def warm_up() -> None:
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of what the loop can change: every weight that trains and every buffer (a frozen pretrained network
+    under a trained head is not copied at each epoch); :func:`_restore` puts it back."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`_snapshot` back (frozen weights, which it leaves out, are as they were)."""
+    model.load_state_dict(state, strict=False)
 
 
 def _finite(model: nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
+    """Whether every weight that trains is finite (a frozen weight cannot diverge, and a frozen pretrained encoder
+    under a trained head is too big to re-check every few steps)."""
+    return all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
 
 
 def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: torch.optim.Optimizer, *,
@@ -183,14 +193,14 @@ class _Watch:
         self.strikes += 1
         if self.strikes < self.guard.patience:
             return False
-        model.load_state_dict(self.good)
+        _restore(model, self.good)
         return True
 
     def restore_if_failing(self, model: nn.Module) -> bool:
         """Replace a final state that fails the check by the last one that passed; whether it did."""
         if self.guard.check(model):
             return False
-        model.load_state_dict(self.good)
+        _restore(model, self.good)
         return True
 
 
@@ -225,7 +235,7 @@ def _recover(step: _Step, before: tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise NonFiniteLoss(f"{description}: loss or weights became non-finite {result.rollbacks} times"
                             " even after halving the learning rate; lower the learning rate")
     weights, optimizer_state = before
-    step.model.load_state_dict(weights)
+    _restore(step.model, weights)
     step.optimizer.load_state_dict(optimizer_state)
     for group in step.optimizer.param_groups:
         group["lr"] *= 0.5

@@ -204,7 +204,7 @@ def assemble(task: Task, recipe: Recipe, data_info: dict[str, Any], nets: Sequen
     """One model from the shards' networks: a :class:`ShardedClassifier`, or for language models a freshly built
     wrapper (tokenizer, length) around a :class:`ShardedLMNet`."""
     spec = _spec(recipe)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), torch.device("cpu"):
         host = task.build_model(recipe.model, data_info) if recipe.task == "causal_lm" else None
     if host is None or _inner(host) is host:
         return ShardedClassifier(nets, spec.aggregate)
@@ -231,7 +231,7 @@ def _spec(recipe: Recipe) -> ShardingSpec:
 def _member(task: Task, recipe: Recipe, data_info: dict[str, Any], shard: int) -> nn.Module:
     """One shard's freshly initialised network (seeded by the recipe seed and the shard): the recipe's network, or
     with ``adapter_rank`` its frozen pretrained network with a fresh LoRA adapter."""
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), torch.device("cpu"):
         torch.manual_seed(stage_seed(recipe.seed, shard, -1))
         model = task.build_model(recipe.model, data_info)
         rank = _spec(recipe).adapter_rank
@@ -244,14 +244,17 @@ def _trained_state(net: nn.Module, recipe: Recipe) -> dict[str, torch.Tensor]:
 
 
 def check_shardable(task: Task, recipe: Recipe, data_info: dict[str, Any]) -> None:
-    """Refuse what sharding cannot serve: a vote over language models, and a vocabulary learned from the records
-    (every shard would depend on every record's words)."""
+    """Refuse what sharding cannot serve: a vote over language models, and a vocabulary or preprocessing statistics
+    learned from the records (every shard would depend on every record)."""
     spec = _spec(recipe)
     if recipe.task == "causal_lm" and spec.aggregate == "vote":
         raise InvalidRequest("language models aggregate by mean probability: set sharding.aggregate = 'mean_proba'")
     if "vocab" in data_info:
         raise InvalidRequest("a sharded language model needs a vocabulary that holds no record's words, since all "
                              "shards share it: set model.tokenizer = 'char', or use a pretrained network")
+    if data_info.get("transform", {}).get("kind") in ("standardize", "minmax"):
+        raise InvalidRequest(f"data.transform = {recipe.data.transform!r} is fitted on every training record, so every "
+                             "shard would depend on all of them: use scale:K (fitted on nothing) with [sharding]")
     if spec.adapter_rank and recipe.model.family != "pretrained":
         raise InvalidRequest("per-shard adapters (sharding.adapter_rank) train over a frozen pretrained network: set "
                              "model.family = 'pretrained' and model.path, or adapter_rank = 0 for whole networks")
@@ -285,18 +288,20 @@ Reader = Callable[[str], bytes]
 
 
 def fit_sharded(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any],
-                executor: Executor | None = None) -> ShardRun:
+                executor: Executor | None = None, *, device: torch.device | str = "cpu") -> ShardRun:
     """Train every shard of ``recipe`` on ``data`` from its initialisation, as independent jobs on ``executor`` (in
-    this process when None); bit-identical on the CPU for the same executor settings."""
+    this process when None) on ``device``; bit-identical on the CPU for the same executor settings."""
     check_shardable(task, recipe, data_info)
     layout = Layout.of(data, _spec(recipe), recipe.seed)
     if not layout.slices:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
-    return _run(task, recipe, data, data_info, layout, {s: (0, None) for s in layout.slices}, {}, {}, executor)
+    return _run(task, recipe, data, data_info, layout, {s: (0, None) for s in layout.slices}, {}, {}, executor,
+                device)
 
 
 def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: dict[str, Any],
-                    retain: RecordDataset, forget: BitMap, read: Reader, executor: Executor | None = None) -> ShardRun:
+                    retain: RecordDataset, forget: BitMap, read: Reader, executor: Executor | None = None, *,
+                    device: torch.device | str = "cpu") -> ShardRun:
     """The parent sharded model without the ``forget`` records: each shard that held one is retrained from its
     checkpoint before the first slice holding one (from its initialisation when that is slice 0); the others, and
     the checkpoints before that slice, are kept as they are. A shard left without records is dropped."""
@@ -322,7 +327,7 @@ def retrain_sharded(task: Task, recipe: Recipe, parent: nn.Module, parent_info: 
             plan[s] = (first, copied[checkpoint_name(s, first - 1)] if first > 0 else None)
         else:
             kept[s] = parents[s]
-    run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied, executor)
+    run = _run(task, recipe, retain, parent_info["data"], layout, plan, kept, copied, executor, device)
     run.dropped = sorted(set(old.slices) - set(layout.slices))
     return run
 
@@ -344,6 +349,7 @@ class ShardJob:
     start: bytes | None
     data: RecordDataset
     slices: list[list[int]]
+    device: str = "cpu"
 
 
 def train_shard(job: ShardJob) -> dict[str, Any]:
@@ -364,6 +370,7 @@ def _train_shard(job: ShardJob) -> dict[str, Any]:
     net = _member(task, recipe, job.data_info, job.shard)
     if job.start is not None:
         _load_trained(net, load_state(job.start))
+    net.to(job.device)
     out: dict[str, Any] = {"shard": job.shard, "files": {}, "steps": 0, "epochs": 0, "rollbacks": 0, "losses": [],
                            "examples": 0}
     for stage in range(job.first, spec.slices):
@@ -385,14 +392,14 @@ def _train_shard(job: ShardJob) -> dict[str, Any]:
 
 def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, Any], layout: Layout,
          plan: dict[int, tuple[int, bytes | None]], kept: dict[int, nn.Module], copied: dict[str, bytes],
-         executor: Executor | None) -> ShardRun:
+         executor: Executor | None, device: torch.device | str = "cpu") -> ShardRun:
     """Train the shards in ``plan`` (shard -> (first stage, checkpoint to start it from or None for the
     initialisation)) as independent jobs on ``executor`` (in this process when None), keep the networks in
     ``kept``, and assemble them in shard order."""
     spec = _spec(recipe)
     started = time.perf_counter()
     jobs = [ShardJob(task.name, recipe, data_info, s, first, start, data.subset(layout.records(s)),
-                     [sorted(b) for b in layout.slices[s]]) for s, (first, start) in plan.items()]
+                     [sorted(b) for b in layout.slices[s]], str(device)) for s, (first, start) in plan.items()]
     runner = executor or LocalExecutor(workers=1)
     done = runner.map(train_shard, jobs, description=f"train {len(jobs)} shard(s)")
     files = dict(copied)
@@ -409,7 +416,7 @@ def _run(task: Task, recipe: Recipe, data: RecordDataset, data_info: dict[str, A
         result.losses += out["losses"]
     examples = sum(out["examples"] for out in done)
     order = sorted(members)
-    model = assemble(task, recipe, data_info, [members[s] for s in order])
+    model = assemble(task, recipe, data_info, [members[s] for s in order]).to(device)
     model.eval()
     result.seconds = time.perf_counter() - started
     files = dict(sorted(files.items()))
@@ -433,7 +440,7 @@ def _train_stage(task: Task, recipe: Recipe, net: nn.Module, data: RecordDataset
         loader = task.loader(data, recipe.train.batch_size, shuffle=True, generator=generator)
         optimizer = make_optimizer(net.parameters(), recipe.train)
         out = fit(net, loader, mean_loss(task), optimizer, epochs=epochs, description=description,
-                  accelerator=task.accelerator())
+                  accelerator=task.accelerator(recipe.train.precision))
     net.eval()
     return out
 

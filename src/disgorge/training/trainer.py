@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import devices
 from ..errors import InvalidRequest
 from ..executors import Executor
 from ..spec import Recipe
@@ -19,35 +20,41 @@ from .sharding import build_sharded, fit_sharded
 def build_network(task: Task, recipe: Recipe, info: dict[str, Any]) -> nn.Module:
     """The untrained network a model's ledger ``info`` describes: the recipe's family built for its data facts, or
     for a sharded recipe the aggregate of the shards it records."""
-    if recipe.sharded and "sharding" in info:
-        return build_sharded(task, recipe, info["data"], [m["shard"] for m in info["sharding"]["members"]])
-    return task.build_model(recipe.model, info["data"])
+    with torch.device("cpu"):  # built on the CPU whatever torch's default device; the caller moves it
+        if recipe.sharded and "sharding" in info:
+            return build_sharded(task, recipe, info["data"], [m["shard"] for m in info["sharding"]["members"]])
+        return task.build_model(recipe.model, info["data"])
 
 
 def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, Any],
-               executor: Executor | None = None) -> tuple[nn.Module, FitResult]:
+               executor: Executor | None = None, device: torch.device | None = None) -> tuple[nn.Module, FitResult]:
     """Build and train ``recipe``'s network on ``data``; bit-identical for the same inputs on the same CPU.
 
-    The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched. A sharded
-    recipe trains its shards (:mod:`.sharding`) as independent jobs on ``executor`` (in this process when None); the
-    result's ``files`` are their slice checkpoints. A recipe with
-    ``[privacy]`` trains with DP-SGD (:mod:`.privacy`), the epsilon spent in ``result.info["privacy"]``.
+    The global torch RNG is seeded inside a forked RNG state, so the caller's random state is untouched. The network
+    is built and seeded on the CPU, then trained on ``device`` (None: the recipe's ``train.device``), where the
+    returned model is. A sharded recipe trains its shards (:mod:`.sharding`) as independent jobs on ``executor`` (in
+    this process when None); the result's ``files`` are their slice checkpoints. A recipe with ``[privacy]`` trains
+    with DP-SGD (:mod:`.privacy`, on the CPU), the epsilon spent in ``result.info["privacy"]``.
     """
     if len(data) == 0:
         raise InvalidRequest(f"recipe {recipe.name!r} selects no training records")
+    device = device if device is not None else devices.resolve(recipe.train.device)
     if recipe.sharded:
-        run = fit_sharded(task, recipe, data, info, executor)
+        run = fit_sharded(task, recipe, data, info, executor, device=device)
         run.result.files = run.files
-        return run.model, run.result
+        return run.model.to(device), run.result
     if recipe.privacy is not None:
-        return fit_private(task, recipe, data, info)
+        model, result = fit_private(task, recipe, data, info)
+        return model.to(device), result
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         generator = torch.Generator().manual_seed(recipe.seed)
-        model = task.build_model(recipe.model, info)
+        with torch.device("cpu"):  # seeded on the CPU, so the initial weights are the same on every device
+            model = task.build_model(recipe.model, info)
+        model.to(device)
         loader = task.loader(data, recipe.train.batch_size, shuffle=True, generator=generator)
         optimizer = make_optimizer(model.parameters(), recipe.train)
         result = fit(model, loader, mean_loss(task), optimizer, epochs=recipe.train.epochs,
-                     description=f"train {recipe.name}", accelerator=task.accelerator())
+                     description=f"train {recipe.name}", accelerator=task.accelerator(recipe.train.precision))
     model.eval()
     return model, result
