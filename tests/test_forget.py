@@ -204,3 +204,17 @@ def test_auto_keeps_the_method_closest_to_retraining(backdoor_ws, trained_id):
     on_disk = {p.name for p in ws.models_dir.iterdir()}
     assert on_disk == {m.id for m in ws.ledger.models()}, "losing candidates leave no model folder"
     assert [m.id for m in ws.ledger.models(kinds=("unlearned",))] == [child.id]
+
+
+def test_a_rollback_to_the_original_is_no_change_and_commits_nothing(backdoor_ws, trained_id):
+    """A method whose retain guard rolls every step back leaves the original weights: forget says so in one line and
+    commits, erases and keeps nothing, even with --accept-failed (it is no change, not a failed result)."""
+    from disgorge.erasure import NoChange
+
+    before = _state(backdoor_ws)
+    with pytest.raises(NoChange, match=r"gradient_ascent left m1 unchanged \(its retain guard restored"):
+        forget(backdoor_ws, sources=["contributor-07"], method="gradient_ascent",
+               options={"lr": 1.0, "max_retain_drop": 0.0}, accept_failed=True, verify="none")
+    assert _state(backdoor_ws)[1:4] == before[1:4], "records, requests and tombstones unchanged"
+    assert backdoor_ws.ledger.model(trained_id).status == "active"
+    assert {p.name for p in backdoor_ws.models_dir.iterdir()} == {m.id for m in backdoor_ws.ledger.models()}

@@ -19,6 +19,7 @@ from .erasure import (
     EXACT_BUDGET,
     SISA,
     ForgetResult,
+    NoChange,
     VerificationFailed,
     check_executor,
     ensure_reference,
@@ -41,7 +42,7 @@ from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Deletion", "ForgetResult", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
+__all__ = ["Deletion", "ForgetResult", "NoChange", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
            "ingest_scenario", "purge", "retire", "train", "verify", "verify_strong"]
 
 

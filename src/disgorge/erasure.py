@@ -62,6 +62,11 @@ class ForgetResult:
     deletion: Deletion = field(default_factory=Deletion)
 
 
+class NoChange(DisgorgeError):
+    """An unlearning run that left the model exactly as it was (its retain guard restored the original): not a
+    result to certify, commit or erase under, whatever ``--accept-failed`` says."""
+
+
 class VerificationFailed(DisgorgeError):
     """The unlearned model failed its certificate's checks; nothing was committed or erased."""
 
@@ -208,6 +213,7 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         for parent in parents:
             child, cert = (_sisa(level != "none") if sharded(ws, parent) else unlearner)(request, parent)
             children.append(child)
+            _refuse_unchanged(parent, child)
             if cert is not None:
                 certificates.append(cert)
                 _refuse_failed(request, parent, cert, accept_failed)
@@ -271,6 +277,19 @@ def _check_sisa(ws: Workspace, parents: list[ModelRow], method: str) -> None:
     if shards and method != SISA:
         log.info("model(s) %s are sharded: their affected shards are retrained (exact), not unlearned with %s",
                  ", ".join(shards), method)
+
+
+def _refuse_unchanged(parent: ModelRow, child: ModelRow) -> None:
+    """Abort the request when the child holds the parent's very weights: nothing was unlearned (typically the
+    retain guard rolled every step back), so there is nothing to commit, and erasing the records would leave their
+    effect in a model said to be free of it. ``--accept-failed`` does not apply: this is no change, not a result."""
+    if child.weights_sha256 != parent.weights_sha256:
+        return
+    stopped = (child.info.get("fit") or {}).get("stopped")
+    why = (" (its retain guard restored the original weights: the method could not move without losing retain "
+           "accuracy)" if stopped == "guard" else "")
+    raise NoChange(f"{child.method} left {parent.id} unchanged{why}; nothing was committed or erased. Lower the "
+                   "learning rate (-o lr=...), raise -o max_retain_drop, or try --method auto or another method")
 
 
 def _refuse_failed(request: _Request, parent: ModelRow, cert: Certificate, accept_failed: bool) -> None:
