@@ -42,8 +42,8 @@ from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Deletion", "ForgetResult", "NoChange", "VerificationFailed", "check_certificate", "erase", "forget", "ingest_file",
-           "ingest_scenario", "purge", "retire", "train", "verify", "verify_strong"]
+__all__ = ["Deletion", "ForgetResult", "NoChange", "VerificationFailed", "check_certificate", "erase", "forget",
+           "ingest_file", "ingest_scenario", "purge", "retire", "train", "verify", "verify_strong"]
 
 
 def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
