@@ -896,7 +896,10 @@ def _print_certificate(cert: dict[str, Any], path: str) -> None:
                               "-" if t["effect"] is None else f"{t['effect']:.2f}", f"{t['ta']:.2f}",
                               f"{t['seconds']:.2f}", t.get("verdict") or ("passed" if t["passed"] else "failed"))
         out.print(tried)
-        out.print(f"auto chose {cert['auto']['chosen']}; all candidates took {cert['auto']['total_seconds']:.2f}s")
+        a = cert["auto"]
+        out.print(f"auto chose {a['chosen']}; the candidates took {a['total_seconds']:.2f}s of unlearning and "
+                  f"{a.get('verification_seconds', 0):.2f}s of verification; the whole choice took "
+                  f"{a.get('wall_seconds', 0):.2f}s (ratio {a.get('whole_time_ratio')} of training)")
     for line in sharding_lines(cert):
         if line:
             out.print(Text(line))
