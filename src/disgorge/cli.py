@@ -140,9 +140,7 @@ def ingest(
     """Add records with their provenance: a bundled scenario or a user file."""
     from . import api
 
-    _check(math.isfinite(holdout) and 0 <= holdout < 1,
-           f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
-    _check_seed("--holdout-seed", holdout_seed)
+    _check_holdout(holdout, holdout_seed)
     with _ws(workspace) as ws:
         if scenario is not None:
             if file is not None:
@@ -392,9 +390,7 @@ def import_(
     """Register a model trained elsewhere with the records it was trained on, so that `forget` can unlearn it."""
     from . import api
 
-    _check(math.isfinite(holdout) and 0 <= holdout < 1,
-           f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
-    _check_seed("--holdout-seed", holdout_seed)
+    _check_holdout(holdout, holdout_seed)
     with _ws(workspace) as ws:
         row = api.import_model(ws, folder, records=records or (), sources=source or (), license=license,
                                origin=origin, trained_on=trained_on or (), base=base, recipe=recipe,
@@ -486,6 +482,13 @@ def _finite(value: float | None) -> bool:
 def _check_seed(option: str, seed: int) -> None:
     """Seeds go to torch, numpy and scikit-learn: integers in ``[0, 2**32)``."""
     _check(0 <= seed <= MAX_SEED, f"{option} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {seed}")
+
+
+def _check_holdout(holdout: float, seed: int) -> None:
+    """``--holdout`` a fraction in [0, 1) and ``--holdout-seed`` a seed (ingest and import take both)."""
+    _check(math.isfinite(holdout) and 0 <= holdout < 1,
+           f"--holdout must be a fraction in [0, 1) such as 0.1, got {holdout}")
+    _check_seed("--holdout-seed", seed)
 
 
 def _check_workers(workers: int | None) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 import math
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +84,7 @@ def load_csv(path: str | Path, *, label: str = "label", attributes: Sequence[str
     if not fi:
         raise DataFileError(f"{p} has no feature columns besides the label and attributes")
     out = []
-    for n, row in enumerate(rows, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            raise DataFileError(f"{p} line {n}: {len(row)} fields, the header has {len(header)}")
+    for n, row in _data_rows(p, header, rows):
         values = []
         for i in fi:
             try:
@@ -121,11 +117,7 @@ def _text_rows(p: Path, header: list[str], rows: list[list[str]], li: int, ai: l
                             f"column(s) {', '.join(map(repr, others))} are neither: list them with --attribute or "
                             "drop them")
     out = []
-    for n, row in enumerate(rows, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            raise DataFileError(f"{p} line {n}: {len(row)} fields, the header has {len(header)}")
+    for n, row in _data_rows(p, header, rows):
         if not _utf8_text(row[ti]):
             raise DataFileError(f"{p} line {n}: the text is not valid Unicode")
         y = _label(row[li], p, n)
@@ -291,6 +283,17 @@ def holdout_split(records: Sequence[NewRecord], fraction: float, seed: int = 0) 
         if k > 0:
             chosen.update(int(i) for i in rng.choice(idx, size=k, replace=False))
     return [dataclasses.replace(r, split="test") if i in chosen else r for i, r in enumerate(records)]
+
+
+def _data_rows(p: Path, header: Sequence[str], rows: Iterable[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, row)`` of a CSV's data rows: blank rows skipped, a row of another width than the header
+    refused in one line."""
+    for n, row in enumerate(rows, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataFileError(f"{p} line {n}: {len(row)} fields, the header has {len(header)}")
+        yield n, row
 
 
 def _utf8_text(value: object) -> bool:
