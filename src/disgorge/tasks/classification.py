@@ -82,14 +82,7 @@ class ClassificationTask(Task):
         """Stack the records' ``x`` and ``y`` fields."""
         if not records:
             return RecordDataset([], x=torch.zeros(0, device="cpu"), y=torch.zeros(0, dtype=torch.long, device="cpu"))
-        xs, ys = [], []
-        for r in records:
-            if r.fields is None:
-                raise InvalidRequest(f"record {r.id} was erased; its content is gone")
-            if "x" not in r.fields or "y" not in r.fields:
-                raise InvalidRequest(f"record {r.id} is not a classification record (needs fields x and y)")
-            xs.append(r.fields["x"])
-            ys.append(int(np.asarray(r.fields["y"]).reshape(-1)[0]))
+        xs, ys = labelled_fields(records, "x", "classification")
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
             raise InvalidRequest(f"records have different input shapes {sorted(shapes)}; they cannot share a model")
@@ -178,6 +171,20 @@ class ClassificationTask(Task):
         where = generator.device if generator is not None else y.device  # drawn where the seed is, then moved
         shift = torch.randint(1, num_classes, y.shape, generator=generator, device=where).to(y.device)
         return {**batch, "y": (y + shift) % num_classes}
+
+
+def labelled_fields(records: Sequence[Record], field: str, kind: str) -> tuple[list[Any], list[int]]:
+    """Each record's ``field`` and integer label ``y``; a one-line error for an erased record or one of another
+    kind (``kind`` names the task in it)."""
+    values, labels = [], []
+    for r in records:
+        if r.fields is None:
+            raise InvalidRequest(f"record {r.id} was erased; its content is gone")
+        if field not in r.fields or "y" not in r.fields:
+            raise InvalidRequest(f"record {r.id} is not a {kind} record (needs fields {field} and y)")
+        values.append(r.fields[field])
+        labels.append(int(np.asarray(r.fields["y"]).reshape(-1)[0]))
+    return values, labels
 
 
 @torch.no_grad()

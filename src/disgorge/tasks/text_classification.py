@@ -22,7 +22,7 @@ from ..models.text import require_text, text_family
 from ..spec import DataSpec, ModelSpec
 from .base import Batch, RecordDataset, Task
 from .causal_lm import field_text, pad_texts, text_field
-from .classification import label_outputs
+from .classification import label_outputs, labelled_fields
 from .registry import TASKS
 
 
@@ -43,15 +43,8 @@ class TextClassificationTask(Task):
     # -- data -----------------------------------------------------------------------------------------
     def dataset(self, records: Sequence[Record]) -> RecordDataset:
         """Each record's text bytes (padded) and length, and its label."""
-        texts, ys = [], []
-        for r in records:
-            if r.fields is None:
-                raise InvalidRequest(f"record {r.id} was erased; its content is gone")
-            if "text" not in r.fields or "y" not in r.fields:
-                raise InvalidRequest(f"record {r.id} is not a text-classification record (needs fields text and y)")
-            texts.append(field_text(r.fields["text"]))
-            ys.append(int(np.asarray(r.fields["y"]).reshape(-1)[0]))
-        text, lengths = pad_texts(texts)
+        values, ys = labelled_fields(records, "text", "text-classification")
+        text, lengths = pad_texts([field_text(v) for v in values])
         return RecordDataset([r.id for r in records], text=text, text_len=lengths,
                              y=torch.tensor(ys, dtype=torch.long, device="cpu"))
 
