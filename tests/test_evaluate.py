@@ -11,9 +11,9 @@ import pytest
 
 from disgorge import Workspace, evaluate_model
 from disgorge.errors import InvalidRequest
+from disgorge.evidence.probes import workspace_probes
 from disgorge.models.describe import describe_families
 from disgorge.models.families import CNNConfig, MLPConfig
-from disgorge.scenarios import workspace_probes
 
 
 def test_families_list_every_family_with_its_real_defaults() -> None:

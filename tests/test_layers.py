@@ -26,7 +26,7 @@ LAYERS = [
     ["direct", "workspace"],
     ["evidence"],
     ["scenarios", "doctor"],
-    ["erasure", "transfer"],
+    ["erasure", "transfer", "audit"],
     ["jobs"],
     ["api"],
     ["report"],

@@ -19,7 +19,8 @@ from disgorge.errors import InvalidRequest
 from disgorge.evaluate.intervals import Estimate, auc_statistic, bootstrap, proportion, proportion_difference
 from disgorge.evidence.certificate import certify
 from disgorge.evidence.judge import NoComparison, Thresholds, judge, verdict
-from disgorge.scenarios import get_scenario, workspace_probes
+from disgorge.evidence.probes import workspace_probes
+from disgorge.scenarios import get_scenario
 from disgorge.workspace import Workspace
 
 

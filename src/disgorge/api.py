@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from . import erasure, transfer
+from .audit import commands as audit_commands
 from .data import load_file
 from .data.files import holdout_split
 from .erasure import (
@@ -31,10 +32,11 @@ from .evaluate.metrics import accuracy
 from .evidence.certificate import certify, write_certificate
 from .evidence.check import check_certificate
 from .evidence.judge import EXACT, LEVELS, NoComparison, Thresholds
+from .evidence.probes import workspace_probes
 from .executors import get_executor
 from .jobs import Problem, strong_test
 from .ledger import IngestResult, ModelRow, RequestRow
-from .scenarios import get_scenario, workspace_probes, workspace_purpose
+from .scenarios import get_scenario, workspace_purpose
 from .spec import Recipe
 from .tasks import RecordDataset, Task, check_recipe
 from .training.trainer import fit_recipe
@@ -42,8 +44,9 @@ from .workspace import Deletion, Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Deletion", "ForgetResult", "NoChange", "VerificationFailed", "check_certificate", "erase", "forget",
-           "ingest_file", "ingest_scenario", "purge", "retire", "train", "verify", "verify_strong"]
+__all__ = ["Deletion", "ForgetResult", "NoChange", "VerificationFailed", "add_probe", "attribute", "audit_bias",
+           "audit_memorization", "check_certificate", "erase", "forget", "ingest_file", "ingest_scenario", "probes",
+           "purge", "remove_probe", "retire", "train", "verify", "verify_strong"]
 
 
 def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,20 +62,36 @@ def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 forget = _writes(erasure.forget)
+add_probe = _writes(audit_commands.declare_probe)
+probes = audit_commands.probe_listing
+audit_bias = _writes(audit_commands.audit_bias)
+audit_memorization = _writes(audit_commands.audit_memorization)
+attribute = _writes(audit_commands.attribute)
+
+
+@_writes
+def remove_probe(ws: Workspace, name: str) -> None:
+    """Forget a declared probe (certificates already written keep its figures)."""
+    ws.ledger.remove_probe(name)
 
 
 @_writes
 def ingest_scenario(ws: Workspace, name: str) -> list[IngestResult]:
-    """Ingest a bundled scenario's sources; the workspace remembers it for its effect probe."""
+    """Ingest a bundled scenario's sources and declare its effect probes (once) in the ledger."""
     scenario = get_scenario(name)
     current = ws.scenario
     if current is not None and current != name:
         raise InvalidRequest(f"this workspace already holds scenario {current!r}; use a new workspace for {name!r}")
     results = []
+    sources = scenario.sources()
+    declared = {p.name for p in ws.ledger.probes()}
     with ws.ledger.transaction():
-        for src in scenario.sources():
+        for src in sources:
             source = ws.ledger.add_source(src.name, src.license, src.origin, src.consent)
             results.append(ws.ledger.add_records(source, src.records))
+        for probe in scenario.declare_probes(sources):
+            if probe.name not in declared:
+                probe.store(ws)
         ws.ledger.set_meta("scenario", name)
     return results
 

@@ -32,6 +32,12 @@ app = typer.Typer(help="Trace, audit, unlearn and verify what a trained model le
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 certificate_app = typer.Typer(help="Check certificates.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(certificate_app, name="certificate")
+probe_app = typer.Typer(help="Declare the behaviours every verification, certificate and bench row measures.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(probe_app, name="probe")
+audit_app = typer.Typer(help="Audit what a model learned: group gaps (bias) and memorised records.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(audit_app, name="audit")
 out = Console(soft_wrap=True, highlight=False)
 log = logging.getLogger("disgorge")
 
@@ -247,7 +253,7 @@ def scenarios(as_json: JsonOpt = False) -> None:
     from .scenarios import SCENARIOS, get_scenario
 
     data = [{"scenario": name, "description": get_scenario(name).description,
-             "probes": [p.name for p in get_scenario(name).probes()]} for name in SCENARIOS]
+             "probes": [p.name for p in get_scenario(name).declare_probes([])]} for name in SCENARIOS]
     _emit(data, as_json, lambda: out.print(_table(
         "scenario", "what it shows", "effect probes",
         rows=[(d["scenario"], d["description"], ", ".join(d["probes"]) or "-") for d in data])))
@@ -558,6 +564,8 @@ def forget(
                                                                       "a --source's, and --records ids among them "
                                                                       "(by default they stay, for verification)")
                             ] = False,
+    request: Annotated[int | None, typer.Option("--request", help="carry out a draft request (`disgorge attribute "
+                                                                  "--to-request`) under its id")] = None,
     executor: ShardExecutorOpt = "local",
     workers: ShardWorkersOpt = 1,
     workspace: WorkspaceOpt = Path("."),
@@ -590,7 +598,7 @@ def forget(
                             verify="none" if no_verify else verify, exact_budget=exact_budget, purpose=purpose,
                             erase=not defer_erase, accept_failed=accept_failed, budget_fraction=budget,
                             keep_superseded=keep_superseded, include_test=include_test,
-                            executor=executor, workers=workers)
+                            executor=executor, workers=workers, draft=request)
         data = {"request": result.request_id, "records": result.records, "method": method,
                 "children": [{"parent": c.parent, "model": c.id} for c in result.children],
                 "erased": result.erased, "deletion": vars(result.deletion), "certificates": result.certificates,
@@ -780,6 +788,178 @@ def doctor(repair: Annotated[bool, typer.Option(help="remove orphan model folder
     _emit(data, as_json, show)
     if not data["ok"]:
         raise typer.Exit(1)
+
+
+@probe_app.command("add")
+def probe_add(
+    name: Annotated[str, typer.Argument(help="the probe's name (lowercase, e.g. attack_success_rate)")],
+    file: Annotated[Path | None, typer.Argument(help="its inputs: a .csv/.npz as ingest reads (with --target), or a "
+                                                     ".jsonl of {\"prompt\", \"completion\"} for a language "
+                                                     "model")] = None,
+    target: Annotated[int | None, typer.Option(help="the label the behaviour sends inputs to: the effect is the "
+                                                    "share of FILE's inputs classified as it")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="the same inputs without the change (their share sent to "
+                                                       "--target is the base rate)")] = None,
+    group: Annotated[str | None, typer.Option(help="ATTR=VALUE: accuracy on the held-out records of this group "
+                                                   "(label=K: of class K)")] = None,
+    label: Annotated[str, typer.Option(help="CSV label column of FILE")] = "label",
+    base_rate: Annotated[float | None, typer.Option(help="percent a model that never learned the behaviour scores, "
+                                                         "if known (e.g. 0 for a class never seen)")] = None,
+    description: Annotated[str, typer.Option("--describe", help="what the probe measures, in words")] = "",
+    workspace: WorkspaceOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Declare a probe: from now on every verification, certificate and bench row measures it."""
+    from . import api
+
+    _check(base_rate is None or (math.isfinite(base_rate) and 0 <= base_rate <= 100),
+           f"--base-rate is a percentage in [0, 100], got {base_rate}")
+    with _ws(workspace) as ws:
+        spec = api.add_probe(ws, name, file, target=target, baseline=baseline, group=group, label=label,
+                             help=description, base_rate=base_rate)
+        data = next(p for p in api.probes(ws) if p["name"] == spec.name)
+    _emit(data, as_json, lambda: out.print(_text(f"probe {spec.name} ({spec.kind}): {spec.help}")))
+
+
+@probe_app.command("remove")
+def probe_remove(name: Annotated[str, typer.Argument(help="a probe's name (see `disgorge probes`)")],
+                 workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Forget a declared probe (certificates already written keep its figures)."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        api.remove_probe(ws, name)
+    _emit({"removed": name}, as_json, lambda: out.print(_text(f"probe {name} removed")))
+
+
+@app.command()
+def probes(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """List the workspace's probes: what each measures, its kind and its base rate."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        data = api.probes(ws)
+    _emit(data, as_json, lambda: out.print(_table(
+        "probe", "kind", "measures", "base rate", rows=[
+            (d["name"], d["kind"], d["help"], "-" if d["base_rate"] is None else f"{d['base_rate']:g}%")
+            for d in data])))
+
+
+def _attrs(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+@audit_app.command("bias")
+def audit_bias(model: Annotated[str, typer.Argument(help="a model id (see `disgorge models`)")],
+               by: Annotated[str, typer.Option(help="attribute(s) to split by, comma-separated (given at ingest "
+                                                    "with --attribute)")],
+               compare: Annotated[str | None, typer.Option(help="a second model on the same records (before and "
+                                                                "after: the parent and the child of a request)")
+                                  ] = None,
+               split: Annotated[str, typer.Option(help="test (held-out) or train (the model's own records)")
+                                ] = "test",
+               positive: Annotated[int | None, typer.Option(help="the class that counts as selected (default 1 for "
+                                                                 "two classes)")] = None,
+               boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals (0: none)")] = 200,
+               workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Group figures (fairlearn MetricFrame): per group and intersection, the gap and ratio between groups."""
+    from . import api
+
+    _check(0 <= boot <= 10_000, f"--boot takes 0 to 10000 resamples, got {boot}")
+    with _ws(workspace) as ws:
+        result, row = api.audit_bias(ws, model, _attrs(by), compare=compare, split=split, positive=positive,
+                                     n_boot=boot)
+
+    def show() -> None:
+        for mid, audit in result["models"].items():
+            for frame in audit["frames"]:
+                metrics = audit["metrics"]
+                rows = [(" & ".join(f"{k}={v}" for k, v in g["group"].items()), g["records"],
+                         *(_pct(g["figures"][m], g.get("interval", {}).get(m)) for m in metrics))
+                        for g in frame["groups"]]
+                rows.append(("difference (max - min)", "", *(_pct(frame["difference"][m],
+                                                                   frame.get("difference_interval", {}).get(m))
+                                                              for m in metrics)))
+                rows.append(("ratio (min / max)", "", *(_num(frame["ratio"][m]) for m in metrics)))
+                out.print(_table("group", "records", *metrics, rows=rows,
+                                 title=f"model {mid}, {result['split']} split, by {' & '.join(frame['by'])}"))
+        out.print(_text(f"stored: {row.path}"))
+
+    _emit({**result, "audit": row.id, "path": row.path}, as_json, show)
+
+
+def _pct(value: float | None, interval: list[float | None] | None = None) -> str:
+    if value is None:
+        return "-"
+    if interval and None not in interval:
+        return f"{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
+    return f"{value:.1f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@audit_app.command("memorization")
+def audit_memorization(model: Annotated[str, typer.Argument(help="a model id (see `disgorge models`)")],
+                       top: Annotated[int, typer.Option(help="how many of the most memorised records to list")] = 20,
+                       workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Per-record membership scores against held-out data, the most memorised records and per-source totals."""
+    from . import api
+
+    with _ws(workspace) as ws:
+        result, row = api.audit_memorization(ws, model, top=top)
+
+    def show() -> None:
+        out.print(_text(f"model {model}: membership AUC {result['membership_auc']:.1f} over {result['records']} "
+                        f"training and {result['heldout']} held-out records; calibrated by {result['references']} "
+                        f"model(s) trained without them for {result['calibrated_records']} records"))
+        out.print(_table("record", "source", "score", "calibrated", "loss", title="most memorised", rows=[
+            (r["id"], r["source"], f"{r['score']:.1f}", _num(r["calibrated"]), f"{r['loss']:.4f}")
+            for r in result["top"]]))
+        out.print(_table("source", "records", "mean score", f"score >= {result['memorized_threshold']:g}",
+                         "mean calibrated", title="per source", rows=[
+                             (s["source"], s["records"], f"{s['mean_score']:.1f}", s["memorized"],
+                              _num(s["mean_calibrated"])) for s in result["sources"]]))
+        out.print(_text(f"stored: {row.path}"))
+
+    _emit({**result, "audit": row.id, "path": row.path}, as_json, show)
+
+
+@app.command()
+def attribute(model: Annotated[str, typer.Argument(help="a model id (see `disgorge models`)")],
+              probe: Annotated[str | None, typer.Option(help="trace this probe's behaviour (see `disgorge probes`)")
+                               ] = None,
+              group: Annotated[str | None, typer.Option(help="ATTR=VALUE: trace the model's errors on this held-out "
+                                                             "group")] = None,
+              record: Annotated[int | None, typer.Option(help="trace the model's output on this record")] = None,
+              top: Annotated[int, typer.Option(help="how many of the best-scored records to list")] = 20,
+              to_request: Annotated[int, typer.Option(help="draft an erasure request of the N best-scored sources; "
+                                                           "`disgorge forget --request ID` carries it out")] = 0,
+              workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Trace a behaviour to the training records and sources that drove it (TracIn), ranked."""
+    from . import api
+
+    _check(record is None or 0 <= record <= MAX_SQL_INT, f"no record {record} in this workspace")
+    with _ws(workspace) as ws:
+        result, row = api.attribute(ws, model, probe=probe, group=group, record=record, top=top,
+                                    to_request=to_request)
+
+    def show() -> None:
+        out.print(_text(f"model {model}: {result['behaviour']}, traced through {result['checkpoints']} "
+                        f"checkpoint(s) in {result['seconds']:.1f}s ({result['method']})"))
+        out.print(_table("rank", "source", "score", "records", "share of +", title="sources", rows=[
+            (i, s["source"], f"{s['score']:.4g}", s["records"], f"{100 * s['share']:.1f}%")
+            for i, s in enumerate(result["sources"][:top], 1)]))
+        out.print(_table("rank", "record", "source", "score", title="records", rows=[
+            (i, r["id"], r["source"], f"{r['score']:.4g}") for i, r in enumerate(result["records"], 1)]))
+        if "draft_request" in result:
+            d = result["draft_request"]
+            out.print(_text(f"draft request {d['id']}: forget {', '.join(d['sources'])}; carry it out with "
+                            f"`disgorge forget --request {d['id']}`"))
+        out.print(_text(f"stored: {row.path}"))
+
+    _emit({**result, "audit": row.id, "path": row.path}, as_json, show)
 
 
 @app.command()

@@ -25,11 +25,11 @@ from torch import nn
 from .errors import DisgorgeError, IntegrityError, InvalidRequest
 from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
-from .evidence.probes import Probe
+from .evidence.probes import Probe, workspace_probes
 from .executors import EXECUTORS, get_executor
 from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
-from .scenarios import workspace_probes, workspace_purpose
+from .scenarios import workspace_purpose
 from .tasks import Task
 from .training.sharding import Layout, base_digest, retrain_sharded
 from .training.trainer import fit_recipe
@@ -165,8 +165,12 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
            thresholds: Thresholds | None = None, accept_failed: bool = False,
            budget_fraction: float = AUTO_BUDGET, exact_budget: float = EXACT_BUDGET,
            purpose: str | None = None, keep_superseded: bool = False,
-           include_test: bool = False, executor: str = "local", workers: int = 1) -> ForgetResult:
+           include_test: bool = False, executor: str = "local", workers: int = 1,
+           draft: int | None = None) -> ForgetResult:
     """Remove the selected records' effect from every model that saw them, verify, then erase them.
+
+    ``draft``: carry out a draft request (``disgorge attribute --to-request``): its selection and reason, committed
+    under its id.
 
     ``verify`` is the evidence level: ``exact`` (against a model retrained without the records), ``heldout``
     (reference-free: against held-out data, nothing trained), ``auto`` (``exact`` only for a model whose training
@@ -193,6 +197,8 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         raise InvalidRequest(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
     if exact_budget < 0:
         raise InvalidRequest(f"--exact-budget must be at least 0 seconds, got {exact_budget}")
+    if draft is not None:
+        sources, records, reason = _open_draft(ws, draft, sources, records, random_fraction, reason)
     ids = ws.select(sources=sources, records=records, random_fraction=random_fraction, seed=seed,
                     include_test=include_test)
     if method == SISA:
@@ -206,7 +212,8 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
     ws.check_untampered(parents)
     selector = {"sources": list(sources), "records": sorted(int(i) for i in records),
                 "random_fraction": random_fraction, "seed": seed, "model": model}
-    request = _Request(ws, ids, ws.ledger.reserve_request_id(), thresholds, workspace_probes(ws), selector, reason,
+    request_id = draft if draft is not None else ws.ledger.reserve_request_id()
+    request = _Request(ws, ids, request_id, thresholds, workspace_probes(ws), selector, reason,
                        now(), level, exact_budget, purpose, executor, workers)
     children: list[ModelRow] = []
     certificates: list[Certificate] = []
@@ -224,11 +231,26 @@ def forget(ws: Workspace, *, sources: Sequence[str] = (), records: Sequence[int]
         for child in children:
             shutil.rmtree(ws.model_dir(child.id), ignore_errors=True)
         raise
+    if draft is not None:
+        ws.ledger.set_draft_executed(draft)
     deletion = ws.complete_erasure(keep_superseded=keep_superseded) if erase else Deletion()
     paths = {c["models"]["child"]["id"]: write_certificate(ws, c) for c in certificates}
     log.info("request %d: %d records, %d model(s) unlearned, erased=%s", request.request_id, len(ids), len(children),
              erase)
     return ForgetResult(request.request_id, len(ids), children, certificates, paths, erase, deletion)
+
+
+def _open_draft(ws: Workspace, draft: int, sources: Sequence[str], records: Sequence[int],
+                random_fraction: float | None, reason: str) -> tuple[list[str], list[int], str]:
+    """The selection and reason of an open draft request; refuses a draft already carried out or a second
+    selection beside it."""
+    if sources or records or random_fraction is not None:
+        raise InvalidRequest("--request carries its own selection; give no --source, --records or --random with it")
+    found = ws.ledger.draft(draft)
+    if found.status != "open" or ws.ledger.find_request(draft) is not None:
+        raise InvalidRequest(f"draft request {draft} was already carried out; see `disgorge requests`")
+    return (list(found.selector.get("sources", ())), [int(i) for i in found.selector.get("records", ())],
+            reason or found.reason)
 
 
 def _verify_choice(verify: str | bool) -> str:

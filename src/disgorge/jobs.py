@@ -16,11 +16,12 @@ from .evaluate.metrics import accuracy
 from .evaluate.strong import strong_scores
 from .evidence.certificate import Observation, level_checks, observe
 from .evidence.judge import EXACT, HELDOUT, PURPOSES, HeldOut, NoComparison, Thresholds, heldout_for, verdict
+from .evidence.probes import workspace_probes
 from .evidence.robustness import quantization_attack, relearn_attack
 from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
-from .scenarios import workspace_probes, workspace_purpose
+from .scenarios import workspace_purpose
 from .training.trainer import fit_recipe
 from .workspace import Workspace
 

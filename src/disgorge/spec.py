@@ -129,9 +129,14 @@ class TrainSpec:
     epochs: int = 20
     device: str = "auto"
     precision: str = "fp32"
+    checkpoints: int = 0  # weights kept at this many evenly spaced epochs, for attribution over training (TracIn-CP)
 
     def __post_init__(self) -> None:
         check_device(self.device, "train.device")
+        if not isinstance(self.checkpoints, int) or isinstance(self.checkpoints, bool) or \
+                not 0 <= self.checkpoints <= min(self.epochs, MAX_CHECKPOINTS):
+            raise RecipeError(f"train.checkpoints must be an integer from 0 to the number of epochs (at most "
+                              f"{MAX_CHECKPOINTS}), got {self.checkpoints!r}")
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
@@ -145,6 +150,8 @@ class TrainSpec:
             raise RecipeError(f"train.momentum must be a number in [0, 1), got {self.momentum!r}")
 
 
+MAX_CHECKPOINTS = 50
+"""Most training checkpoints a recipe may keep (each is a copy of the weights)."""
 AGGREGATES = ("mean_proba", "vote")
 SHARD_BY = ("record", "source")
 MAX_SHARDS = 1024
@@ -299,7 +306,8 @@ class Recipe:
         d["data"] = {k: v if k == "transform" else list(v) for k, v in d["data"].items()
                      if k in ("sources", "exclude_sources") or v}
         d["model"] = {"family": self.model.family, **self.model.params}
-        for key, default in (("device", "auto"), ("precision", "fp32")):  # defaults stay out: older sha256 hold
+        # defaults stay out, so that older recipes keep their sha256
+        for key, default in (("device", "auto"), ("precision", "fp32"), ("checkpoints", 0)):
             if d["train"][key] == default:
                 del d["train"][key]
         for name in ("sharding", "privacy"):  # absent tables stay absent, so older recipes keep their sha256
@@ -428,6 +436,7 @@ momentum = 0.9                 # sgd only
 batch_size = 64
 epochs = 20
 # device = "auto"              # auto (a GPU if there is one) | cpu | cuda | cuda:N | mps; --device overrides it
+# checkpoints = 5              # keep the weights at 5 evenly spaced epochs: `disgorge attribute` traces through them
 
 # Optional: train so that removals are exact (SISA). A removal then retrains only the shards that held the records,
 # from the last slice before them; the result equals this recipe trained without them. Costs some accuracy.
@@ -475,6 +484,7 @@ batch_size = 32
 epochs = 50
 # device = "auto"              # auto (a GPU if there is one) | cpu | cuda | cuda:N | mps; --device overrides it
 # precision = "bf16"           # bfloat16 mixed precision through accelerate (default fp32)
+# checkpoints = 5              # keep the weights at 5 evenly spaced epochs: `disgorge attribute` traces through them
 
 # Optional: exact removals by design (SISA). Sharded language models need tokenizer = "char" or a pretrained network
 # (all shards share one vocabulary, so it must hold no record's words).

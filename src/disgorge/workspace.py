@@ -281,12 +281,10 @@ class Workspace:
 
     # -- data -----------------------------------------------------------------------------------------
     def dataset(self, task: Task, ids: Iterable[int]) -> RecordDataset:
-        """The records with these ids as tensors for ``task``, with each record's source name."""
+        """The records with these ids as tensors for ``task``, with each record's source name and attributes."""
         records = self.ledger.records(ids)
         data = task.dataset(records)
-        if len(data) == len(records):
-            data.sources = np.array([r.source for r in records], dtype=object)
-        return data
+        return data.with_attributes(records) if len(data) == len(records) else data
 
     def test_ids(self) -> BitMap:
         """Ids of the live held-out (test split) records."""
@@ -437,7 +435,9 @@ class Workspace:
                     problems.append(f"model {row.id}: {weights} does not match the sha256 in the ledger")
             except DisgorgeError as exc:
                 problems.append(f"model {row.id}: {exc}")
-            for name, digest in row.info.get("sharding", {}).get("checkpoints", {}).items():
+            kept = {**row.info.get("sharding", {}).get("checkpoints", {}), **row.info.get("checkpoints", {}).get(
+                "files", {})}
+            for name, digest in kept.items():
                 try:
                     self.model_file(row.id, name, digest)
                 except DisgorgeError as exc:

@@ -1,10 +1,13 @@
 """The ledger: SQLite schema, records, sources, lineage bitmaps, erasure requests and tombstones."""
 
 from .ledger import (
+    AuditRow,
+    DraftRow,
     IngestResult,
     Ledger,
     ModelRow,
     NewRecord,
+    ProbeRow,
     Record,
     RequestRow,
     Source,
@@ -12,5 +15,5 @@ from .ledger import (
 )
 from .schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "IngestResult", "Ledger", "ModelRow", "NewRecord", "Record", "RequestRow", "Source",
-           "now"]
+__all__ = ["SCHEMA_VERSION", "AuditRow", "DraftRow", "IngestResult", "Ledger", "ModelRow", "NewRecord", "ProbeRow",
+           "Record", "RequestRow", "Source", "now"]

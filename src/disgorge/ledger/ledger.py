@@ -111,6 +111,44 @@ class RequestRow:
 
 
 @dataclass(frozen=True)
+class ProbeRow:
+    """A declared effect probe: its kind, its settings (``spec``) and its own inputs (``inputs``, and the same
+    inputs without the change, ``baseline``), each a list of record fields."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    inputs: list[dict[str, np.ndarray]]
+    baseline: list[dict[str, np.ndarray]] | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """A stored audit or attribution of a model: the JSON file (relative to the workspace) and its sha256."""
+
+    id: int
+    model_id: str
+    kind: str
+    args: dict[str, Any]
+    path: str
+    sha256: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DraftRow:
+    """A draft erasure request (proposed by an attribution; ``forget --request ID`` executes it)."""
+
+    id: int
+    selector: dict[str, Any]
+    reason: str
+    audit_id: int | None
+    status: str
+    created_at: str
+
+
+@dataclass(frozen=True)
 class IngestResult:
     """What an ingest did: the new record ids and how many exact duplicates were skipped."""
 
@@ -607,6 +645,83 @@ class Ledger:
             if m.records == records and (m.kind == "reference" or m.method == "retrain" or m.kind == "trained"):
                 return m
         return None
+
+    # -- probes, audits and drafts ---------------------------------------------------------------------
+    def add_probe(self, name: str, kind: str, spec: dict[str, Any], inputs: Sequence[dict[str, np.ndarray]] = (),
+                  baseline: Sequence[dict[str, np.ndarray]] | None = None) -> None:
+        """Declare an effect probe; refuses a name already taken."""
+        blob = {f"inputs.{i}.{k}": v for i, rec in enumerate(inputs) for k, v in rec.items()}
+        blob |= {f"baseline.{i}.{k}": v for i, rec in enumerate(baseline or ()) for k, v in rec.items()}
+        meta = {**spec, "n_inputs": len(inputs), "n_baseline": None if baseline is None else len(baseline)}
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM probes WHERE name=?", (name,)).fetchone():
+                raise InvalidRequest(f"a probe named {name!r} exists; pick another name or `disgorge probe remove "
+                                     f"{name}` first")
+            db.execute("INSERT INTO probes(name, kind, spec, payload, created_at) VALUES(?,?,?,?,?)",
+                       (name, kind, json.dumps(meta, sort_keys=True), pl.encode(blob) if blob else None, now()))
+
+    def remove_probe(self, name: str) -> None:
+        """Forget a declared probe; raises :class:`NotFound`."""
+        with self.transaction() as db:
+            if db.execute("DELETE FROM probes WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"no probe named {name!r} in this workspace; see `disgorge probes`")
+
+    def probes(self) -> list[ProbeRow]:
+        """Every declared probe, in the order declared (the first is the main effect)."""
+        out = []
+        for r in self._db.execute("SELECT name, kind, spec, payload, created_at FROM probes ORDER BY id"):
+            spec = json.loads(r["spec"])
+            blob = pl.decode(r["payload"]) if r["payload"] is not None else {}
+            parts: dict[str, list[dict[str, np.ndarray]]] = {
+                "inputs": [{} for _ in range(spec.pop("n_inputs"))],
+                "baseline": [{} for _ in range(spec.get("n_baseline") or 0)]}
+            for key, value in blob.items():
+                part, i, name = key.split(".", 2)
+                parts[part][int(i)][name] = value
+            baseline = parts["baseline"] if spec.pop("n_baseline") is not None else None
+            out.append(ProbeRow(r["name"], r["kind"], spec, parts["inputs"], baseline, r["created_at"]))
+        return out
+
+    def add_audit(self, model_id: str, kind: str, args: dict[str, Any], path: str, sha256: str) -> int:
+        """Record an audit of a model stored at ``path``; returns its id."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO audits(model_id, kind, args, path, sha256, created_at) VALUES(?,?,?,?,?,?)",
+                             (model_id, kind, json.dumps(args, sort_keys=True), path, sha256, now()))
+            return int(cur.lastrowid)
+
+    def audits(self, model_id: str | None = None) -> list[AuditRow]:
+        """Stored audits, oldest first (of one model, given ``model_id``)."""
+        q, args = "SELECT * FROM audits", ()
+        if model_id is not None:
+            q, args = q + " WHERE model_id=?", (model_id,)
+        return [AuditRow(**{**dict(r), "args": json.loads(r["args"])}) for r in self._db.execute(q + " ORDER BY id",
+                                                                                                  args)]
+
+    def add_draft(self, selector: dict[str, Any], reason: str, audit_id: int | None = None) -> int:
+        """Store a draft erasure request under a fresh request id; returns the id."""
+        draft_id = self.reserve_request_id()
+        with self.transaction() as db:
+            db.execute("INSERT INTO drafts(id, selector, reason, audit_id, created_at) VALUES(?,?,?,?,?)",
+                       (draft_id, json.dumps(selector, sort_keys=True), reason, audit_id, now()))
+        return draft_id
+
+    def draft(self, draft_id: int) -> DraftRow:
+        """The draft request with this id; raises :class:`NotFound`."""
+        valid = isinstance(draft_id, int) and 0 <= draft_id < 2**63
+        r = self._db.execute("SELECT * FROM drafts WHERE id=?", (draft_id,)).fetchone() if valid else None
+        if r is None:
+            raise NotFound(f"no draft request {draft_id} in this workspace; `disgorge attribute ... --to-request` "
+                           "makes one, `disgorge requests` lists them")
+        return DraftRow(**{**dict(r), "selector": json.loads(r["selector"])})
+
+    def drafts(self) -> list[DraftRow]:
+        """Every draft request, oldest first."""
+        return [self.draft(r[0]) for r in self._db.execute("SELECT id FROM drafts ORDER BY id")]
+
+    def set_draft_executed(self, draft_id: int) -> None:
+        """Mark a draft as carried out (inside the caller's transaction, if any)."""
+        with self.transaction() as db:
+            db.execute("UPDATE drafts SET status='executed' WHERE id=?", (draft_id,))
 
     # -- requests and erasure -------------------------------------------------------------------------
     def request(self, request_id: int) -> RequestRow:

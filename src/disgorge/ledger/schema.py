@@ -145,6 +145,38 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models_v3 RENAME TO models;
     CREATE INDEX models_reference ON models(kind, recipe_sha256);
     """,
+    # version 4: effect probes declared by the user or a bundled scenario (their own inputs, never training records),
+    # audits and attributions of a model (the JSON lies beside the model; the row names it and its sha256), and draft
+    # erasure requests an attribution proposes (their ids come from the request counter, so `forget --request ID`
+    # commits the request under the id the draft was shown with).
+    """
+    CREATE TABLE probes (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL,
+        spec       TEXT NOT NULL,
+        payload    BLOB,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE audits (
+        id         INTEGER PRIMARY KEY,
+        model_id   TEXT NOT NULL REFERENCES models(id),
+        kind       TEXT NOT NULL,
+        args       TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        sha256     TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX audits_model ON audits(model_id);
+    CREATE TABLE drafts (
+        id         INTEGER PRIMARY KEY,
+        selector   TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        audit_id   INTEGER REFERENCES audits(id),
+        status     TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'executed')),
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 
 MODEL_KINDS = ("trained", "unlearned", "reference", "imported")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..evidence.probes import Probe
 from ..workspace import Workspace
 from .base import Scenario, SourceData
+from .bias import Bias
 from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent
 from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini
 from .mnist import MNIST
@@ -17,18 +17,12 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS.get(name)()
 
 
-def workspace_probes(ws: Workspace) -> list[Probe]:
-    """The effect probes of the bundled scenario a workspace holds (none for a workspace of users' files)."""
-    name = ws.scenario
-    return get_scenario(name).probes() if name in SCENARIOS else []
-
-
 def workspace_purpose(ws: Workspace) -> str:
     """The purpose of the bundled scenario a workspace holds (``privacy`` for a workspace of users' files)."""
     name = ws.scenario
     return get_scenario(name).purpose if name in SCENARIOS else "privacy"
 
 
-__all__ = ["MNIST", "SCENARIOS", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
+__all__ = ["MNIST", "SCENARIOS", "Bias", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
            "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SmsSpam", "SmsSpamMini", "SourceData",
-           "get_scenario", "workspace_probes", "workspace_purpose"]
+           "get_scenario", "workspace_purpose"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 from pyroaring import BitMap
 
-from ..evidence.probes import Probe
+from ..evidence.probes import Probe, ProbeSpec
 from ..ledger import NewRecord
 from ..spec import Recipe
 from ..workspace import Workspace
@@ -23,6 +25,23 @@ class SourceData:
     origin: str
     records: list[NewRecord] = field(default_factory=list)
     consent: str = "granted"
+
+
+Fields = dict[str, np.ndarray]
+
+
+def heldout_fields(sources: list[SourceData]) -> list[Fields]:
+    """The fields of every held-out (test split) record of a scenario's sources."""
+    return [r.fields for src in sources for r in src.records if r.split == "test"]
+
+
+def backdoor_probe(sources: list[SourceData], trigger: Callable[[Fields], Fields], target: int,
+                   help: str) -> ProbeSpec:
+    """The attack success rate: the held-out records whose class is not ``target``, with the trigger, sent to
+    ``target``; baseline: the same records without the trigger."""
+    clean = [f for f in heldout_fields(sources) if int(f["y"][0]) != target]
+    return ProbeSpec("attack_success_rate", "target", help, {"target": target},
+                     inputs=[trigger(f) for f in clean], baseline=clean)
 
 
 class Scenario(ABC):
@@ -50,6 +69,11 @@ class Scenario(ABC):
         """Record ids of the default erasure request in workspace ``ws`` (``seed`` for random requests)."""
         return ws.select(**self.forget_selector(), seed=seed)
 
-    def probes(self) -> list[Probe]:
-        """The behaviours verification measures on this scenario's models, the main effect first (none here)."""
+    def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
+        """The behaviours verification measures on this scenario's models, the main effect first, declared from the
+        scenario's own data (``sources``); ingest stores them in the workspace's ledger (none here)."""
         return []
+
+    def probes(self) -> list[Probe]:
+        """The declared probes, built (reads the scenario's data)."""
+        return [p.build() for p in self.declare_probes(self.sources())]

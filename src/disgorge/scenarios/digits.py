@@ -8,14 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from pyroaring import BitMap
-from torch import nn
 
-from ..evidence.probes import Probe, predicted_as
+from ..evidence.probes import ProbeSpec
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
-from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
-from .base import Scenario, SourceData
+from .base import Scenario, SourceData, backdoor_probe
 from .registry import SCENARIOS
 
 N_CONTRIBUTORS = 20
@@ -100,36 +98,6 @@ def add_trigger(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
 FORGOTTEN_CLASS = 3
 
 
-class ForgottenClassAccuracy(Probe):
-    """Accuracy on held-out images of the class that must be forgotten."""
-
-    name: ClassVar[str] = "forgotten_class_accuracy"
-    help: ClassVar[str] = "accuracy on held-out images of the forgotten class, in percent"
-    base_rate: ClassVar[float | None] = 0.0  # a class a model never saw is (almost) never predicted
-
-    def outcomes(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
-        """Whether each held-out image of the forgotten class is classified as that class."""
-        x, y = heldout.tensors["x"], heldout.tensors["y"]
-        return predicted_as(model, task, x[y == FORGOTTEN_CLASS], FORGOTTEN_CLASS)
-
-
-class BackdoorSuccess(Probe):
-    """The backdoor's attack success rate."""
-
-    name: ClassVar[str] = "attack_success_rate"
-    help: ClassVar[str] = "share of triggered test images (true class not 0) classified as 0, in percent"
-
-    def outcomes(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
-        """Whether each triggered held-out image whose true class is not the target goes to the target."""
-        x, y = heldout.tensors["x"], heldout.tensors["y"]
-        return predicted_as(model, task, add_trigger(x[y != TARGET]), TARGET)
-
-    def baseline(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
-        """The same images without the trigger: whether each goes to the target."""
-        x, y = heldout.tensors["x"], heldout.tensors["y"]
-        return predicted_as(model, task, x[y != TARGET], TARGET)
-
-
 @SCENARIOS.register("digits-classwise")
 class DigitsClasswise(_Digits):
     """Digits dealt to 20 contributors; every training image of one class (3) must be forgotten."""
@@ -148,9 +116,11 @@ class DigitsClasswise(_Digits):
         return BitMap(r.id for r in ws.ledger.records(ids)
                       if r.fields is not None and int(r.fields["y"][0]) == FORGOTTEN_CLASS)
 
-    def probes(self) -> list[Probe]:
-        """Accuracy on held-out images of the forgotten class."""
-        return [ForgottenClassAccuracy()]
+    def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
+        """Accuracy on held-out images of the forgotten class (a model that never saw one scores about 0)."""
+        return [ProbeSpec("forgotten_class_accuracy", "group",
+                          "accuracy on held-out images of the forgotten class, in percent",
+                          {"attribute": "label", "value": str(FORGOTTEN_CLASS), "base_rate": 0.0})]
 
 
 @SCENARIOS.register("digits-backdoor")
@@ -167,6 +137,8 @@ class DigitsBackdoor(_Digits):
             return add_trigger(x), TARGET
         return x, y
 
-    def probes(self) -> list[Probe]:
+    def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
         """The attack success rate on triggered held-out images."""
-        return [BackdoorSuccess()]
+        return [backdoor_probe(sources, lambda f: {**f, "x": add_trigger(f["x"])}, TARGET,
+                               f"share of triggered test images (true class not {TARGET}) classified as {TARGET}, "
+                               "in percent")]

@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from torch import nn
 
 from ..errors import DisgorgeError
-from ..evidence.probes import Probe
+from ..evidence.probes import ProbeSpec
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
-from ..tasks import RecordDataset, Task
-from ..tasks.causal_lm import text_field
-from ..tasks.text_classification import TextClassificationTask, batch_texts
-from .base import Scenario, SourceData
+from ..tasks.causal_lm import field_text, text_field
+from .base import Scenario, SourceData, backdoor_probe
 from .registry import SCENARIOS
 
 LICENSE = "CC-BY-4.0"
@@ -62,33 +59,6 @@ def add_trigger(text: str) -> str:
 def contributor_name(i: int) -> str:
     """Source name of contributor ``i``."""
     return f"contributor-{i:02d}"
-
-
-class TriggeredSpamSuccess(Probe):
-    """The backdoor's attack success rate: triggered spam that gets through as ham."""
-
-    name: ClassVar[str] = "attack_success_rate"
-    help: ClassVar[str] = "share of triggered held-out spam messages classified as ham, in percent"
-
-    def _spam(self, heldout: RecordDataset) -> list[str]:
-        texts = batch_texts(heldout.tensors)
-        return [t for t, y in zip(texts, heldout.tensors["y"].tolist(), strict=True) if y == SPAM]
-
-    def outcomes(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
-        """Whether each held-out spam message, with the trigger, is classified as ham."""
-        return self._sent_to_target(model, task, [add_trigger(t) for t in self._spam(heldout)])
-
-    def baseline(self, model: nn.Module, task: Task, heldout: RecordDataset) -> np.ndarray:
-        """The same messages without the trigger: whether each is classified as ham."""
-        return self._sent_to_target(model, task, self._spam(heldout))
-
-    @staticmethod
-    def _sent_to_target(model: nn.Module, task: Task, texts: list[str]) -> np.ndarray:
-        if not isinstance(task, TextClassificationTask):
-            raise DisgorgeError(f"the {TriggeredSpamSuccess.name} probe needs the text_classification task")
-        if not texts:
-            return np.zeros(0)
-        return (task.predict(model, texts) == TARGET).astype(np.float64)
 
 
 TEXT_METHODS = ("retrain", "grad_diff[lr=0.005]", "random_label[lr=0.01]", "salun[lr=0.01]", "scrub[lr=0.01]",
@@ -153,9 +123,10 @@ class SmsSpam(Scenario):
         """The poisoning contributor."""
         return {"sources": [contributor_name(self.withdrawn)]}
 
-    def probes(self) -> list[Probe]:
+    def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
         """The attack success rate on triggered held-out spam."""
-        return [TriggeredSpamSuccess()]
+        return [backdoor_probe(sources, lambda f: {**f, "text": text_field(add_trigger(field_text(f["text"])))},
+                               TARGET, "share of triggered held-out spam messages classified as ham, in percent")]
 
 
 @SCENARIOS.register("sms-spam-mini")

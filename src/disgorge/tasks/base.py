@@ -20,12 +20,14 @@ Batch = dict[str, torch.Tensor]
 
 
 class RecordDataset(Dataset):
-    """Records as tensors in memory, one dict per item; ``ids`` are the ledger record ids, row for row, and
-    ``sources`` (where the workspace knows them) the name of each record's source."""
+    """Records as tensors in memory, one dict per item; ``ids`` are the ledger record ids, row for row, and, where
+    the workspace knows them, ``sources`` (the name of each record's source) and ``attributes`` (each group
+    attribute given at ingest, one value per row as a string, None where a record has none)."""
 
     def __init__(self, ids: Sequence[int], **tensors: torch.Tensor) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
         self.sources: np.ndarray | None = None
+        self.attributes: dict[str, np.ndarray] = {}
         n = len(self.ids)
         for k, t in tensors.items():
             if len(t) != n:
@@ -48,7 +50,16 @@ class RecordDataset(Dataset):
         idx = torch.from_numpy(np.nonzero(mask)[0])
         out = RecordDataset(self.ids[mask], **{k: t[idx] for k, t in self.tensors.items()})
         out.sources = self.sources[mask] if self.sources is not None else None
+        out.attributes = {k: v[mask] for k, v in self.attributes.items()}
         return out
+
+    def with_attributes(self, records: Sequence[Record]) -> RecordDataset:
+        """This dataset (built from ``records``, row for row) with each record's source and group attributes."""
+        self.sources = np.array([r.source for r in records], dtype=object)
+        names = sorted({k for r in records for k in r.attributes})
+        self.attributes = {k: np.array([None if r.attributes.get(k) is None else str(r.attributes[k])
+                                        for r in records], dtype=object) for k in names}
+        return self
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
         description: str = "training", max_rollbacks: int = 4,
         should_stop: Callable[[], bool] | None = None,
         after_backward: Callable[[nn.Module], None] | None = None, guard: Guard | None = None,
-        accelerator: Any | None = None) -> FitResult:
+        accelerator: Any | None = None, after_epoch: Callable[[int], None] | None = None) -> FitResult:
     """Run ``epochs`` passes over ``loader``, stepping ``optimizer`` on ``loss_fn(model, batch)``.
 
     Stops early at ``max_steps`` optimiser steps, after ``max_seconds``, or when ``should_stop()`` is true.
@@ -101,7 +101,8 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     DataLoader are prepared by it and the backward pass goes through it (devices, mixed precision, distributed
     processes as its configuration says); ``loss_fn`` then receives the prepared model.
     A step that gives a non-finite loss or weights is rolled back to the state before the epoch and the learning
-    rate halved; after ``max_rollbacks`` such rollbacks :class:`NonFiniteLoss` is raised.
+    rate halved; after ``max_rollbacks`` such rollbacks :class:`NonFiniteLoss` is raised. ``after_epoch(n)`` is
+    called after each completed epoch ``n`` (1-based), e.g. to keep a checkpoint.
     """
     result = FitResult()
     budget = _Budget(max_steps, max_seconds, should_stop)
@@ -115,6 +116,8 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
             before = _snapshot(model), step.optimizer.state_dict()
             if _epoch(step, loader, result, bar, watch, budget):
                 result.epochs += 1
+                if after_epoch is not None:
+                    after_epoch(result.epochs)
             else:
                 _recover(step, before, result, max_rollbacks, description)
     if watch is not None and result.stopped != "guard" and watch.restore_if_failing(model):

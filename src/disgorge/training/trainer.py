@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from .. import devices
+from .._io import sha256_bytes
 from ..errors import InvalidRequest
 from ..executors import Executor
+from ..models.store import serialize_weights
 from ..spec import Recipe
 from ..tasks import RecordDataset, Task
 from .loop import FitResult, fit, make_optimizer, mean_loss
@@ -54,7 +56,29 @@ def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, 
         model.to(device)
         loader = task.loader(data, recipe.train.batch_size, shuffle=True, generator=generator)
         optimizer = make_optimizer(model.parameters(), recipe.train)
+        kept: dict[int, bytes] = {}
+        at = checkpoint_epochs(recipe.train.epochs, recipe.train.checkpoints)
+
+        def keep(epoch: int) -> None:
+            if epoch in at:
+                kept[epoch] = serialize_weights(model)[0]
+
         result = fit(model, loader, mean_loss(task), optimizer, epochs=recipe.train.epochs,
-                     description=f"train {recipe.name}", accelerator=task.accelerator(recipe.train.precision))
+                     description=f"train {recipe.name}", accelerator=task.accelerator(recipe.train.precision),
+                     after_epoch=keep if at else None)
+    if kept:
+        result.files.update({checkpoint_name(e): b for e, b in kept.items()})
+        result.info["checkpoints"] = {"lr": recipe.train.lr, "epochs": sorted(kept),
+                                      "files": {checkpoint_name(e): sha256_bytes(b) for e, b in kept.items()}}
     model.eval()
     return model, result
+
+
+def checkpoint_epochs(epochs: int, count: int) -> set[int]:
+    """The epochs (1-based) after which ``count`` evenly spaced checkpoints are kept, the last epoch included."""
+    return {round(epochs * (k + 1) / count) for k in range(count)} if count else set()
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The file a training checkpoint is kept in, beside the model's weights (deleted with them)."""
+    return f"checkpoint-{epoch:04d}.safetensors"

@@ -1,0 +1,214 @@
+"""What `disgorge probe add`, `audit bias`, `audit memorization` and `attribute` do on a workspace: read the user's
+request, run the audit (:mod:`.bias`, :mod:`.memorization`, :mod:`.attribution`) and store it beside the model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pyroaring import BitMap
+from safetensors.torch import load as load_safetensors
+
+from ..data import load_file
+from ..errors import InvalidRequest, NotFound
+from ..evidence.probes import PROBE_KINDS, ProbeSpec, predictions, workspace_probes
+from ..ledger import AuditRow
+from ..tasks import RecordDataset, Task
+from ..workspace import Workspace
+from .attribution import Attribution, Behaviour, tracin
+from .bias import bias_audit
+from .memorization import memorization_audit
+from .store import store_audit
+
+PROBE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+SPLITS = ("train", "test")
+
+
+def _fields(path: str | Path, label: str) -> list[dict[str, np.ndarray]]:
+    return [r.fields for r in load_file(path, label=label)]
+
+
+def _completion_as_answer(path: str | Path) -> list[dict[str, np.ndarray]]:
+    """A JSON Lines file of ``{"prompt", "completion"}`` (or ``answer``) objects as language-model records."""
+    import json
+
+    from ..tasks.causal_lm import text_field
+
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"{path} line {n} is not JSON ({exc.msg})") from None
+        answer = item.get("completion", item.get("answer")) if isinstance(item, dict) else None
+        if not isinstance(answer, str) or not isinstance(item.get("prompt"), str):
+            raise InvalidRequest(f"{path} line {n}: give {{\"prompt\": ..., \"completion\": ...}} as strings")
+        rows.append({"prompt": text_field(item["prompt"]), "answer": text_field(answer)})
+    return rows
+
+
+def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, target: int | None = None,
+                  baseline: str | Path | None = None, group: str | None = None, label: str = "label",
+                  help: str = "", base_rate: float | None = None) -> ProbeSpec:
+    """Declare and store a probe: ``file`` with ``target`` (share of its inputs sent to the label; ``baseline``:
+    the same inputs without the change), ``group`` ``ATTR=VALUE`` (accuracy on those held-out records), or
+    ``file`` alone (the share of its records whose answer the model gives: a JSON Lines file of prompts and
+    completions for a language model)."""
+    if not isinstance(name, str) or not PROBE_NAME.match(name):
+        raise InvalidRequest(f"probe name {name!r}: use lowercase letters, digits, '_' or '-' (at most 64), starting "
+                             "with a letter")
+    if group is not None:
+        if file is not None or target is not None or baseline is not None:
+            raise InvalidRequest("a --group probe measures held-out records: give no FILE, --target or --baseline")
+        attribute, sep, value = group.partition("=")
+        if not sep or not attribute or not value:
+            raise InvalidRequest(f"--group takes ATTR=VALUE (e.g. sex=F), got {group!r}")
+        spec = ProbeSpec(name, "group", help or f"accuracy on held-out records with {attribute}={value}, in percent",
+                         {"attribute": attribute, "value": value, "base_rate": base_rate})
+    elif file is None:
+        raise InvalidRequest("give the probe's FILE (with --target LABEL for a classifier's behaviour), or --group "
+                             "ATTR=VALUE")
+    elif target is not None:
+        inputs = _fields(file, label)
+        spec = ProbeSpec(name, "target", help or f"share of {Path(file).name}'s inputs classified as {target}, in "
+                         "percent", {"target": target, "base_rate": base_rate}, inputs,
+                         _fields(baseline, label) if baseline is not None else None)
+        _check_shape(ws, inputs + (spec.baseline or []))
+    else:
+        if baseline is not None:
+            raise InvalidRequest("--baseline goes with --target (the same inputs without the change)")
+        rows = _completion_as_answer(file) if Path(file).suffix.lower() == ".jsonl" else _fields(file, label)
+        spec = ProbeSpec(name, "answers", help or f"share of {Path(file).name}'s records whose answer the model "
+                         "gives, in percent", {"base_rate": base_rate}, rows)
+    spec.store(ws)
+    return spec
+
+
+def _check_shape(ws: Workspace, rows: list[dict[str, np.ndarray]]) -> None:
+    """Refuse probe inputs of another shape than the workspace's records (they could never reach its models)."""
+    present = ws.ledger.record_ids(split=None, states=("active", "held"))
+    if not rows or not present or "x" not in rows[0]:
+        return
+    (old,) = ws.ledger.records([present.min()])
+    if old.fields is not None and "x" in old.fields:
+        want = tuple(old.fields["x"].shape)
+        bad = next((tuple(r["x"].shape) for r in rows if tuple(r["x"].shape) != want), None)
+        if bad is not None:
+            raise InvalidRequest(f"probe inputs have shape {bad} but this workspace's records have {want}")
+
+
+def probe_listing(ws: Workspace) -> list[dict[str, Any]]:
+    """Every declared probe as a certificate records it."""
+    return [p.meta() for p in workspace_probes(ws)]
+
+
+def _split_data(ws: Workspace, task: Task, model_records: BitMap, split: str) -> RecordDataset:
+    if split not in SPLITS:
+        raise InvalidRequest(f"--split must be train or test, got {split!r}")
+    live = ws.ledger.record_ids(split="train", states=("active", "held")) & model_records
+    return ws.dataset(task, ws.test_ids() if split == "test" else live)
+
+
+def audit_bias(ws: Workspace, model_id: str, by: Sequence[str], *, compare: str | None = None, split: str = "test",
+               positive: int | None = None, n_boot: int = 200, seed: int = 0) -> tuple[dict[str, Any], AuditRow]:
+    """Group figures of a model (and of ``compare``, on the same records) split by ``by``; stored."""
+    result: dict[str, Any] = {"kind": "bias", "split": split, "models": {}}
+    for mid in [model_id] + ([compare] if compare else []):
+        model, row, task = ws.load_model(mid)
+        data = _split_data(ws, task, row.records, split)
+        result["models"][mid] = bias_audit(task, model, data, list(by), positive=positive, n_boot=n_boot, seed=seed)
+    result["model"], result["compare"] = model_id, compare
+    args = {"by": list(by), "compare": compare, "split": split, "positive": positive, "n_boot": n_boot}
+    return result, store_audit(ws, model_id, "bias", args, result)
+
+
+def audit_memorization(ws: Workspace, model_id: str, *, top: int = 20) -> tuple[dict[str, Any], AuditRow]:
+    """Per-record membership scores of a model's live training records; stored."""
+    if top < 1:
+        raise InvalidRequest(f"--top must be at least 1, got {top}")
+    model, row, task = ws.load_model(model_id)
+    train = _split_data(ws, task, row.records, "train")
+    references = []
+    for other in ws.ledger.models():
+        if other.id != model_id and other.recipe_sha256 == row.recipe_sha256 and other.weights_deleted_at is None \
+                and other.kind in ("reference", "trained") and not (row.records <= other.records):
+            references.append((ws.load_model(other.id)[0], other.records))
+    result = {"kind": "memorization", "model": model_id,
+              **memorization_audit(task, model, train, ws.dataset(task, ws.test_ids()), references=references,
+                                   top=top)}
+    return result, store_audit(ws, model_id, "memorization", {"top": top}, result)
+
+
+def _behaviour(ws: Workspace, task: Task, model: torch.nn.Module, *, probe: str | None, group: str | None,
+               record: int | None) -> Behaviour:
+    given = [x for x in (probe, group, record) if x is not None]
+    if len(given) != 1:
+        raise InvalidRequest("attribute one behaviour: --probe NAME, --group ATTR=VALUE or --record ID")
+    heldout = ws.dataset(task, ws.test_ids())
+    if probe is not None:
+        found = {p.name: p for p in workspace_probes(ws)}
+        if probe not in found:
+            raise NotFound(f"no probe named {probe!r} in this workspace; see `disgorge probes`")
+        try:
+            rows, sign = found[probe].attribution_rows(task, heldout)
+        except NotImplementedError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return Behaviour(f"probe {probe}", rows, sign)
+    if group is not None:
+        attribute, sep, value = group.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--group takes ATTR=VALUE, got {group!r}")
+        row = ProbeSpec("group", "group", "", {"attribute": attribute, "value": value}).row()
+        rows, sign = PROBE_KINDS.get("group")(row).attribution_rows(task, heldout)
+        return Behaviour(f"errors on held-out {attribute}={value}", rows, sign)
+    (found_record,) = ws.ledger.records(ws.ledger.check_ids([record]))
+    if found_record.fields is None:
+        raise InvalidRequest(f"record {record} was erased; there is nothing left to attribute")
+    data = ws.dataset(task, [record])
+    if "labels" in task.capabilities:
+        y = torch.as_tensor(predictions(model, task, data), dtype=torch.long)
+        data = RecordDataset(data.ids, **task.with_labels(data.tensors, y))
+    return Behaviour(f"the model's output on record {record}", data, 1.0)
+
+
+def _checkpoints(ws: Workspace, model_id: str, device: torch.device) -> list[tuple[dict[str, torch.Tensor], float]]:
+    row = ws.ledger.model(model_id)
+    kept = row.info.get("checkpoints") or {}
+    return [({k: v.to(device) for k, v in load_safetensors(ws.model_file(model_id, name, sha)).items()},
+             float(kept["lr"])) for name, sha in sorted(kept.get("files", {}).items())]
+
+
+def attribute(ws: Workspace, model_id: str, *, probe: str | None = None, group: str | None = None,
+              record: int | None = None, top: int = 20, to_request: int = 0,
+              seed: int = 0) -> tuple[dict[str, Any], AuditRow]:
+    """Trace a behaviour of a model to its training records and sources (TracIn over the checkpoints the recipe
+    kept); stored. ``to_request``: also draft an erasure request of the ``to_request`` best-scored sources."""
+    if top < 1:
+        raise InvalidRequest(f"--top must be at least 1, got {top}")
+    if to_request < 0:
+        raise InvalidRequest(f"--to-request takes how many top sources to draft for erasure, got {to_request}")
+    model, row, task = ws.load_model(model_id)
+    behaviour = _behaviour(ws, task, model, probe=probe, group=group, record=record)
+    train = _split_data(ws, task, row.records, "train")
+    kept = _checkpoints(ws, model_id, next(model.parameters()).device)
+    found: Attribution = tracin(task, model, train, behaviour, kept, seed=seed)
+    result = {"kind": "attribution", "model": model_id, "behaviour": behaviour.what,
+              "method": "TracIn (dattri TracInAttributor)", "checkpoints": found.checkpoints,
+              "seconds": round(found.seconds, 3), "training_seconds": row.seconds,
+              "sources": found.by_source(), "records": found.top_records(top)}
+    args = {"probe": probe, "group": group, "record": record, "top": top}
+    stored = store_audit(ws, model_id, "attribution", args, result)
+    if to_request:
+        chosen = [s["source"] for s in result["sources"][:to_request] if s["score"] > 0]
+        if not chosen:
+            raise InvalidRequest("no source drives the behaviour (every score is <= 0); nothing to draft")
+        draft = ws.ledger.add_draft({"sources": chosen},
+                                    f"attribution {stored.id}: {behaviour.what} on model {model_id}", stored.id)
+        result["draft_request"] = {"id": draft, "sources": chosen}
+    return result, stored
