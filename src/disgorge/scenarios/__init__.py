@@ -7,7 +7,7 @@ from .base import Scenario, SourceData
 from .bias import Bias
 from .digits import DigitsBackdoor, DigitsClasswise, DigitsConsent
 from .language import Book, People, PeopleForget01, PeopleForget05, PeopleMini
-from .mnist import MNIST
+from .mnist import MNIST, MNISTBackdoor
 from .registry import SCENARIOS
 from .text import SmsSpam, SmsSpamMini
 
@@ -23,6 +23,23 @@ def workspace_purpose(ws: Workspace) -> str:
     return get_scenario(name).purpose if name in SCENARIOS else "privacy"
 
 
-__all__ = ["MNIST", "SCENARIOS", "Bias", "Book", "DigitsBackdoor", "DigitsClasswise", "DigitsConsent", "People",
-           "PeopleForget01", "PeopleForget05", "PeopleMini", "Scenario", "SmsSpam", "SmsSpamMini", "SourceData",
-           "get_scenario", "workspace_purpose"]
+__all__ = [
+    "MNIST",
+    "SCENARIOS",
+    "Bias",
+    "Book",
+    "DigitsBackdoor",
+    "DigitsClasswise",
+    "DigitsConsent",
+    "MNISTBackdoor",
+    "People",
+    "PeopleForget01",
+    "PeopleForget05",
+    "PeopleMini",
+    "Scenario",
+    "SmsSpam",
+    "SmsSpamMini",
+    "SourceData",
+    "get_scenario",
+    "workspace_purpose",
+]
