@@ -157,8 +157,11 @@ def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]
     """Seed-averaged figures per method; Avg Gap of the averages (as SalUn), time ratio averaged per seed."""
     keys = get_task(get_scenario(scenario).recipe().task).figures
 
-    def figures(who: str) -> dict[str, float | None]:
-        return {k: _mean([s[who]["figures"].get(k) for s in per_seed]) for k in keys.keys}
+    probes = sorted({k for s in per_seed for run in s.values() if isinstance(run, dict)
+                     for k in run.get("figures", {}) if k.startswith("effect:")})
+
+    def figures(who: str) -> dict[str, float | None]:  # the task's figures and every further probe's
+        return {k: _mean([s[who]["figures"].get(k) for s in per_seed]) for k in (*keys.keys, *probes)}
 
     reference = figures("reference")
     rows = []

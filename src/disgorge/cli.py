@@ -803,6 +803,8 @@ def probe_add(
     group: Annotated[str | None, typer.Option(help="ATTR=VALUE: accuracy on the held-out records of this group "
                                                    "(label=K: of class K)")] = None,
     label: Annotated[str, typer.Option(help="CSV label column of FILE")] = "label",
+    attribute: Annotated[list[str] | None, typer.Option(help="CSV column of FILE that is not a feature (as at "
+                                                             "ingest)")] = None,
     base_rate: Annotated[float | None, typer.Option(help="percent a model that never learned the behaviour scores, "
                                                          "if known (e.g. 0 for a class never seen)")] = None,
     description: Annotated[str, typer.Option("--describe", help="what the probe measures, in words")] = "",
@@ -816,7 +818,7 @@ def probe_add(
            f"--base-rate is a percentage in [0, 100], got {base_rate}")
     with _ws(workspace) as ws:
         spec = api.add_probe(ws, name, file, target=target, baseline=baseline, group=group, label=label,
-                             help=description, base_rate=base_rate)
+                             attributes=attribute or (), help=description, base_rate=base_rate)
         data = next(p for p in api.probes(ws) if p["name"] == spec.name)
     _emit(data, as_json, lambda: out.print(_text(f"probe {spec.name} ({spec.kind}): {spec.help}")))
 

@@ -1,20 +1,21 @@
 """Training-data attribution: from a behaviour of a model (a probe, a group's errors, one record's prediction) to
 the training records and sources that drove it.
 
-The scores are TracIn (Pruthi et al., NeurIPS 2020, "Estimating Training Data Influence by Tracing Gradient
-Descent") as dattri implements it (:class:`dattri.algorithm.tracin.TracInAttributor`): for each training record z,
-``sum over checkpoints c of lr_c * grad loss(z; w_c) . grad B(w_c)``, where B is the behaviour's loss (lower = more of
-the behaviour): a positive score means a gradient step on z moved the model towards the behaviour. The checkpoints
-are those the recipe kept (``train.checkpoints``), else the final weights alone (then the score is a gradient
-similarity). Gradients are randomly projected to ``proj_dim`` dimensions (dattri's default, 512). Record scores sum
-to source scores.
+The scores are TracIn-CP (Pruthi et al., NeurIPS 2020, "Estimating Training Data Influence by Tracing Gradient
+Descent"): for each training record z, ``sum over checkpoints c of lr_c * grad loss(z; w_c) . grad B(w_c)``, where B
+is the behaviour's loss (lower = more of the behaviour): a positive score means a gradient step on z moved the model
+towards the behaviour. The checkpoints are those the recipe kept (``train.checkpoints``), else the final weights
+alone (then the score is a gradient similarity). Record scores sum to source scores.
 
-The behaviour's gradient is the gradient of its mean loss over at most ``max_behaviour`` of its rows (a seeded
-sample), computed once per batch of training records: dattri sees the behaviour as one test item holding all its
-rows, so a probe of thousands of inputs costs one gradient, not thousands."""
+The dot products are exact and cheap: B's gradient is computed once per checkpoint, and ``grad loss(z) . g`` for a
+whole batch of records is one Jacobian-vector product of the per-example losses (forward-mode, ``torch.func.jvp``),
+so no per-record gradient is stored or projected. (dattri's TracInAttributor, tried first, recomputes the behaviour's
+gradient and a random projection for every batch of training records: 1,043 s against 49 s of training on
+mnist-backdoor.) The behaviour's rows are a seeded sample of at most ``max_behaviour``."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -23,25 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .. import _progress
 from ..errors import InvalidRequest
+from ..evidence.probes import Behaviour
 from ..tasks import RecordDataset, Task
 
 log = logging.getLogger(__name__)
 
 MAX_BEHAVIOUR = 256
 """Most behaviour rows whose mean loss gradient is traced (a seeded sample of a larger probe)."""
-
-
-@dataclass
-class Behaviour:
-    """What to attribute: rows whose mean loss, times ``sign``, falls as the behaviour grows (``sign`` -1: the
-    behaviour is the rows' errors, so records that raise their loss drive it). ``what`` says it in words."""
-
-    what: str
-    data: RecordDataset
-    sign: float = 1.0
 
 
 @dataclass
@@ -78,96 +71,90 @@ class Attribution:
         return sum(r["id"] in guilty for r in top) / max(len(top), 1)
 
 
-class _Rows(Dataset):
-    """A dataset's rows as tuples of tensors in a fixed key order (dattri batches tuples)."""
-
-    def __init__(self, data: RecordDataset, keys: list[str]) -> None:
-        self.data, self.keys = data, keys
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return tuple(self.data.tensors[k][i] for k in self.keys)
-
-
-class _Whole(Dataset):
-    """All rows of a dataset as one item (so the behaviour is one 'test sample' whose gradient is its mean's)."""
-
-    def __init__(self, data: RecordDataset, keys: list[str]) -> None:
-        self.item = tuple(data.tensors[k] for k in keys)
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return self.item
+def _behaviour_direction(task: Task, model: nn.Module, data: RecordDataset, sign: float,
+                         names: list[str], batch_size: int) -> list[torch.Tensor]:
+    """The gradient of the behaviour's loss (``sign`` times the mean loss of ``data``) over the trained weights."""
+    params = [dict(model.named_parameters())[n] for n in names]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(0, len(data), batch_size):
+        loss = sign * task.per_example_loss(model, data.tensors_slice(i, i + batch_size)).sum() / len(data)
+        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+            if g is not None:
+                t += g
+    return total
 
 
-class _Loss(nn.Module):
-    """The task's loss over a model, as a module ``torch.func.functional_call`` can run with other weights."""
+class _Losses(nn.Module):
+    """The task's per-example losses of ``model`` as a module, so that ``torch.func.functional_call`` can run them
+    with other weights: it swaps the weights of the model itself, so task code that inspects the model (a language
+    model's tokenizer and device) sees the real one."""
 
-    def __init__(self, task: Task, model: nn.Module, keys: list[str]) -> None:
+    def __init__(self, task: Task, model: nn.Module) -> None:
         super().__init__()
-        self.task, self.model, self.keys = task, model, keys
+        self.task, self.model = task, model
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.task.per_example_loss(self.model, dict(zip(self.keys, tensors, strict=True)))
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.per_example_loss(self.model, batch)
+
+
+def _directional_losses(task: Task, model: nn.Module, batch: dict[str, torch.Tensor], names: list[str],
+                        direction: list[torch.Tensor]) -> torch.Tensor:
+    """``grad loss(z) . direction`` for every record z of the batch, in one forward-mode pass (a Jacobian-vector
+    product of the per-example losses), so no per-record gradient is ever materialised."""
+    module = _Losses(task, model)
+    named = dict(model.named_parameters())
+
+    def losses(*weights: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(module, {f"model.{n}": w for n, w in zip(names, weights, strict=True)},
+                                          (batch,), strict=False)
+
+    # Fused attention kernels have no forward-mode derivative; the math kernel computes the same attention in ops
+    # that do.
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.func.jvp(losses, tuple(named[n].detach() for n in names), tuple(direction))[1]
 
 
 def tracin(task: Task, model: nn.Module, train: RecordDataset, behaviour: Behaviour,
-           checkpoints: list[tuple[dict[str, torch.Tensor], float]], *, batch_size: int = 128, proj_dim: int = 512,
+           checkpoints: list[tuple[dict[str, torch.Tensor], float]], *, batch_size: int = 256,
            max_behaviour: int = MAX_BEHAVIOUR, seed: int = 0) -> Attribution:
-    """TracIn scores of every record of ``train`` for ``behaviour`` on ``model``, over ``checkpoints`` (each a
+    """TracIn-CP scores of every record of ``train`` for ``behaviour`` on ``model``, over ``checkpoints`` (each a
     state dict and the learning rate it was trained with; none: the model's own weights, weight 1)."""
-    from dattri.algorithm.tracin import TracInAttributor
-    from dattri.task import AttributionTask
-
     if len(behaviour.data) == 0:
         raise InvalidRequest(f"{behaviour.what}: no rows to attribute from; give a behaviour the held-out data shows")
     if len(train) == 0:
         raise InvalidRequest("the model has no live training records to attribute to")
     start = time.perf_counter()
-    data = behaviour.data
-    if len(data) > max_behaviour:
-        pick = np.sort(np.random.default_rng(seed).choice(len(data), size=max_behaviour, replace=False))
-        data = data.subset(data.ids[pick]) if len(np.unique(data.ids)) == len(data) else RecordDataset(
-            data.ids[pick], **{k: t[torch.from_numpy(pick)] for k, t in data.tensors.items()})
-    keys = sorted(train.tensors)
-    if sorted(data.tensors) != keys:
-        raise InvalidRequest(f"{behaviour.what}: its rows hold {sorted(data.tensors)}, the training records {keys}; "
-                             "give a behaviour in the model's data format")
-    was_training = model.training
-    model.eval()
-    loss = _Loss(task, model, keys)
-    sign = float(behaviour.sign)
-
-    def train_loss(params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        one = tuple(t.unsqueeze(0) for t in batch)  # dattri vmaps over records: each call sees one, unbatched
-        return torch.func.functional_call(loss, params, one)[0]
-
-    def target(params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return sign * torch.func.functional_call(loss, params, batch).mean()
-
-    states = [s for s, _ in checkpoints] or [{k: v.detach() for k, v in loss.state_dict().items()}]
-    weights = torch.tensor([lr for _, lr in checkpoints] or [1.0])
-    states = [{k if k.startswith("model.") else f"model.{k}": v for k, v in s.items()} for s in states]
     device = next(model.parameters()).device
-    attribution_task = AttributionTask(loss_func=train_loss, model=loss, checkpoints=states, target_func=target)
-    trained = [n for n, p in loss.named_parameters() if p.requires_grad]
-    frozen = len(trained) < len(list(loss.parameters()))
-    attributor = TracInAttributor(attribution_task, weight_list=weights, normalized_grad=False,
-                                  projector_kwargs={"proj_dim": proj_dim, "proj_seed": seed, "device": str(device)},
-                                  layer_name=trained if frozen else None, device=str(device))
-    try:
-        scores = attributor.attribute(
-            DataLoader(_Rows(_on(train, device), keys), batch_size=batch_size, shuffle=False),
-            DataLoader(_Whole(_on(data, device), keys), batch_size=1, shuffle=False))
-    finally:
-        model.train(was_training)
+    data = _on(_sample(behaviour.data, max_behaviour, seed, behaviour.what, train), device)
+    train = _on(train, device)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    work = copy.deepcopy(model).eval()  # checkpoints load into a copy: the caller's model stays as it is
+    scores = torch.zeros(len(train), dtype=torch.float64)
+    steps = checkpoints or [({}, 1.0)]
+    with _progress.bar("attribute", len(steps) * ((len(train) + batch_size - 1) // batch_size)) as bar:
+        for state, lr in steps:
+            if state:
+                work.load_state_dict(state)
+            direction = _behaviour_direction(task, work, data, behaviour.sign, names, batch_size)
+            for i in range(0, len(train), batch_size):
+                dots = _directional_losses(task, work, train.tensors_slice(i, i + batch_size), names, direction)
+                scores[i:i + batch_size] += lr * dots.detach().double().cpu()
+                bar.advance()
     sources = train.sources if train.sources is not None else np.full(len(train), "", dtype=object)
-    return Attribution(train.ids.copy(), sources, scores[:, 0].double().numpy(), len(checkpoints) or 1,
+    return Attribution(train.ids.copy(), sources, scores.numpy(), len(checkpoints) or 1,
                        time.perf_counter() - start)
+
+
+def _sample(data: RecordDataset, most: int, seed: int, what: str, train: RecordDataset) -> RecordDataset:
+    """At most ``most`` rows of ``data`` (a seeded sample), checked to be in the training records' format."""
+    if sorted(data.tensors) != sorted(train.tensors):
+        raise InvalidRequest(f"{what}: its rows hold {sorted(data.tensors)}, the training records "
+                             f"{sorted(train.tensors)}; give a behaviour in the model's data format")
+    if len(data) <= most:
+        return data
+    pick = np.sort(np.random.default_rng(seed).choice(len(data), most, replace=False))
+    index = torch.from_numpy(pick)
+    return RecordDataset(data.ids[pick], **{k: t[index] for k, t in data.tensors.items()})
 
 
 def _on(data: RecordDataset, device: torch.device) -> RecordDataset:

@@ -15,11 +15,11 @@ from safetensors.torch import load as load_safetensors
 
 from ..data import load_file
 from ..errors import InvalidRequest, NotFound
-from ..evidence.probes import PROBE_KINDS, ProbeSpec, predictions, workspace_probes
+from ..evidence.probes import PROBE_KINDS, Behaviour, ProbeSpec, predictions, workspace_probes
 from ..ledger import AuditRow
 from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
-from .attribution import Attribution, Behaviour, tracin
+from .attribution import Attribution, tracin
 from .bias import bias_audit
 from .memorization import memorization_audit
 from .store import store_audit
@@ -28,8 +28,8 @@ PROBE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 SPLITS = ("train", "test")
 
 
-def _fields(path: str | Path, label: str) -> list[dict[str, np.ndarray]]:
-    return [r.fields for r in load_file(path, label=label)]
+def _fields(path: str | Path, label: str, attributes: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
+    return [r.fields for r in load_file(path, label=label, attributes=attributes)]
 
 
 def _completion_as_answer(path: str | Path) -> list[dict[str, np.ndarray]]:
@@ -55,11 +55,12 @@ def _completion_as_answer(path: str | Path) -> list[dict[str, np.ndarray]]:
 
 def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, target: int | None = None,
                   baseline: str | Path | None = None, group: str | None = None, label: str = "label",
-                  help: str = "", base_rate: float | None = None) -> ProbeSpec:
+                  attributes: Sequence[str] = (), help: str = "", base_rate: float | None = None) -> ProbeSpec:
     """Declare and store a probe: ``file`` with ``target`` (share of its inputs sent to the label; ``baseline``:
     the same inputs without the change), ``group`` ``ATTR=VALUE`` (accuracy on those held-out records), or
     ``file`` alone (the share of its records whose answer the model gives: a JSON Lines file of prompts and
-    completions for a language model)."""
+    completions for a language model). ``label`` and ``attributes`` name a CSV's label and non-feature columns, as
+    at ingest (a probe keeps only the inputs)."""
     if not isinstance(name, str) or not PROBE_NAME.match(name):
         raise InvalidRequest(f"probe name {name!r}: use lowercase letters, digits, '_' or '-' (at most 64), starting "
                              "with a letter")
@@ -75,15 +76,16 @@ def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, t
         raise InvalidRequest("give the probe's FILE (with --target LABEL for a classifier's behaviour), or --group "
                              "ATTR=VALUE")
     elif target is not None:
-        inputs = _fields(file, label)
+        inputs = _fields(file, label, attributes)
         spec = ProbeSpec(name, "target", help or f"share of {Path(file).name}'s inputs classified as {target}, in "
                          "percent", {"target": target, "base_rate": base_rate}, inputs,
-                         _fields(baseline, label) if baseline is not None else None)
+                         _fields(baseline, label, attributes) if baseline is not None else None)
         _check_shape(ws, inputs + (spec.baseline or []))
     else:
         if baseline is not None:
             raise InvalidRequest("--baseline goes with --target (the same inputs without the change)")
-        rows = _completion_as_answer(file) if Path(file).suffix.lower() == ".jsonl" else _fields(file, label)
+        rows = _completion_as_answer(file) if Path(file).suffix.lower() == ".jsonl" else _fields(file, label,
+                                                                                                    attributes)
         spec = ProbeSpec(name, "answers", help or f"share of {Path(file).name}'s records whose answer the model "
                          "gives, in percent", {"base_rate": base_rate}, rows)
     spec.store(ws)
@@ -156,17 +158,15 @@ def _behaviour(ws: Workspace, task: Task, model: torch.nn.Module, *, probe: str 
         if probe not in found:
             raise NotFound(f"no probe named {probe!r} in this workspace; see `disgorge probes`")
         try:
-            rows, sign = found[probe].attribution_rows(task, heldout)
+            return found[probe].behaviour(task, heldout)
         except NotImplementedError as exc:
             raise InvalidRequest(str(exc)) from None
-        return Behaviour(f"probe {probe}", rows, sign)
     if group is not None:
         attribute, sep, value = group.partition("=")
         if not sep:
             raise InvalidRequest(f"--group takes ATTR=VALUE, got {group!r}")
         row = ProbeSpec("group", "group", "", {"attribute": attribute, "value": value}).row()
-        rows, sign = PROBE_KINDS.get("group")(row).attribution_rows(task, heldout)
-        return Behaviour(f"errors on held-out {attribute}={value}", rows, sign)
+        return PROBE_KINDS.get("group")(row).behaviour(task, heldout)
     (found_record,) = ws.ledger.records(ws.ledger.check_ids([record]))
     if found_record.fields is None:
         raise InvalidRequest(f"record {record} was erased; there is nothing left to attribute")
@@ -199,7 +199,7 @@ def attribute(ws: Workspace, model_id: str, *, probe: str | None = None, group: 
     kept = _checkpoints(ws, model_id, next(model.parameters()).device)
     found: Attribution = tracin(task, model, train, behaviour, kept, seed=seed)
     result = {"kind": "attribution", "model": model_id, "behaviour": behaviour.what,
-              "method": "TracIn (dattri TracInAttributor)", "checkpoints": found.checkpoints,
+              "method": "TracIn-CP (exact dot products, forward-mode JVP)", "checkpoints": found.checkpoints,
               "seconds": round(found.seconds, 3), "training_seconds": row.seconds,
               "sources": found.by_source(), "records": found.top_records(top)}
     args = {"probe": probe, "group": group, "record": record, "top": top}

@@ -73,6 +73,8 @@ def measure(task: Task, model: nn.Module, forget: RecordDataset, retain: RecordD
     outs = [task.evaluate(model, d) for d in (forget, retain, test)]
     figures: dict[str, float | None] = dict(task.split_figures(*outs, seed=seed))
     figures["effect"] = probes[0].measure(model, task, test) if probes else None
+    for p in probes[1:]:  # every further probe of the workspace, under its own key
+        figures[f"effect:{p.name}"] = p.measure(model, task, test)
     figures = {k: _clean(v) for k, v in figures.items()}
     if reference is not None:
         relative = task.relative_figures(outs[0], figures, reference.forget, reference.figures)

