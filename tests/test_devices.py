@@ -95,7 +95,7 @@ def test_classifier_methods_create_no_tensor_away_from_the_model(name: str, line
     assert all(p.device.type == "cpu" for p in out.parameters())
 
 
-LM_METHODS = ["npo", "simnpo", "grad_diff", "idk", "rmu", "gradient_ascent"]
+LM_METHODS = ["npo", "simnpo", "grad_diff", "idk", "rmu", "gradient_ascent", "undial", "wga", "flat", "pdu"]
 
 
 @pytest.mark.parametrize("name", LM_METHODS)

@@ -14,7 +14,8 @@ from torch import nn
 from disgorge import get_method
 from disgorge.errors import InvalidRequest
 from disgorge.methods import ConfigError, UnlearnRequest
-from disgorge.tasks import RecordDataset, get_task
+from disgorge.methods.pdu import dual_step
+from disgorge.tasks import ClassificationTask, RecordDataset, get_task
 from disgorge.tasks.causal_lm import texts, words
 
 REFUSAL_WORDS = {"know", "sure", "idea", "answer", "say"}
@@ -64,6 +65,10 @@ CASES = [
     pytest.param("rmu", {"epochs": 5}, id="rmu"),
     pytest.param("idk", {"loss": "nll"}, id="idk-nll"),
     pytest.param("idk", {"loss": "dpo"}, id="idk-dpo"),
+    pytest.param("undial", {}, id="undial"),
+    pytest.param("wga", {}, id="wga"),
+    pytest.param("flat", {}, id="flat"),
+    pytest.param("pdu", {}, id="pdu"),
 ]
 
 
@@ -132,7 +137,7 @@ def test_lora_rank_is_refused_outside_fine_tune_methods(name):
             get_method(name, **{option: value})
 
 
-@pytest.mark.parametrize(("name", "capability"), [("rmu", "hidden_states"), ("idk", "text")])
+@pytest.mark.parametrize(("name", "capability"), [("rmu", "hidden_states"), ("idk", "text"), ("flat", "text")])
 def test_lm_only_methods_refuse_classification(name, capability):
     """rmu needs hidden states and idk text answers; on a classification request each is refused up front with the
     missing capability named."""
@@ -155,3 +160,57 @@ def test_idk_answers_forget_questions_with_refusals(problem):
     retain_answers = task.generate(out, texts(request.retain.tensors, "prompt"), 16)
     assert not [a for a in retain_answers if REFUSAL_WORDS & set(words(a))]
     assert _accuracy(task, out, request.retain) >= 0.85 * problem.retain_accuracy
+
+
+def _forget_nll(task: Any, model: nn.Module, data: RecordDataset) -> float:
+    """Mean answer negative log-likelihood over ``data`` (higher: the answers are less likely)."""
+    model.eval()
+    with torch.no_grad():
+        return float(torch.cat([task.per_example_loss(model, data.tensors_slice(i, i + 128))
+                                for i in range(0, len(data), 128)]).mean())
+
+
+@pytest.mark.parametrize("name", ["undial", "wga", "flat", "pdu"])
+def test_recent_methods_lower_forget_likelihood_and_are_deterministic(problem, name):
+    """UNDIAL, WGA, FLAT and PDU make the forget answers less likely than the original model finds them within ten
+    steps, and the same seed gives bit-identical weights (the full default runs, retain guard on, are in CASES above;
+    here the guard is off, so that a dip it would roll back at the tenth step does not hide the loss's effect)."""
+    model, request = problem.model, problem.request
+    task = request.task
+    a = get_method(name, max_steps=10, max_retain_drop=100.0).unlearn(model, request)
+    b = get_method(name, max_steps=10, max_retain_drop=100.0).unlearn(model, request)
+    assert _same(_state(a), _state(b)), f"{name}: the same seed gave different weights"
+    before, after = _forget_nll(task, model, request.forget), _forget_nll(task, a, request.forget)
+    assert after > before, f"{name}: forget answer NLL {before:.4f} -> {after:.4f}"
+
+
+def test_pdu_multiplier_rises_while_the_retain_constraint_is_violated(problem):
+    """The dual step grows the multiplier by the step size times the violation, shrinks it by the slack and stops at
+    zero; in a run with no slack (epsilon = 0), flattening the forget answers raises the retain loss above the
+    original's, so the multiplier ends above where it started."""
+    assert dual_step(1.0, retain_loss=0.5, bound=0.2, lr=2.0) == pytest.approx(1.6)
+    assert dual_step(1.0, retain_loss=0.1, bound=0.2, lr=2.0) == pytest.approx(0.8)
+    assert dual_step(0.1, retain_loss=0.0, bound=0.2, lr=2.0) == 0.0
+    method = get_method("pdu", epsilon=0.0, dual_init=1.0, max_steps=10, max_retain_drop=100.0)
+    method.unlearn(problem.model, problem.request)
+    report = method.report_
+    assert report["retain_bound"] == pytest.approx(report["original_retain_loss"])
+    assert report["multiplier"] > 1.0, report
+
+
+class _NoScores(ClassificationTask):
+    """A classifier that exposes neither class scores nor labels."""
+
+    name = "no_scores"
+    capabilities = frozenset()
+
+
+@pytest.mark.parametrize("name", ["undial", "wga", "pdu"])
+def test_per_target_methods_refuse_a_task_without_scores(name):
+    """UNDIAL, WGA and PDU read scores over the outputs at each target (answer tokens or class logits and labels): a
+    task offering neither is refused before anything runs, with the reason named."""
+    task = _NoScores()
+    data = RecordDataset(np.arange(6), x=torch.randn(6, 3), y=torch.tensor([0, 1, 0, 1, 0, 1]))
+    request = UnlearnRequest(task=task, forget=data.subset([0, 1]), retain=data.subset([2, 3, 4, 5]))
+    with pytest.raises(InvalidRequest, match="needs scores over the outputs at each target"):
+        get_method(name).unlearn(nn.Linear(3, 2), request)

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.language import REFUSALS
 from ..training.loop import make_optimizer
-from ._tools import frozen_copy, target_log_prob
+from ._tools import frozen_copy, refusal_answers, target_log_prob
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
@@ -49,14 +48,9 @@ class IDK(Method):
         forget_batches = request.cycle("forget")
         optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
 
-        def refused(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            size = (task.batch_size(batch),)
-            picks = torch.randint(len(REFUSALS), size, generator=generator, device="cpu").tolist()
-            return task.with_answers(batch, [REFUSALS[i] for i in picks])
-
         def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:
             forget_batch = next(forget_batches)
-            chosen = refused(forget_batch)
+            chosen = refusal_answers(task, forget_batch, generator)
             if reference is None:
                 value = task.per_example_loss(m, chosen).mean()
             else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.loop import make_optimizer
-from ._tools import frozen_copy, target_log_prob
+from ._tools import fit_forget_with_retain, frozen_copy, target_log_prob
 from .base import FineTuneConfig, Method, UnlearnRequest, lr_option, option
 from .registry import register
 
@@ -22,22 +20,6 @@ class _PreferenceConfig(FineTuneConfig):
     lr: float = lr_option(1e-3)
     beta: float = option(0.5, "inverse temperature of the preference loss", positive=True)
     retain_weight: float = option(1.0, "weight of the retain cross-entropy term (0: forget loss only)", low=0)
-
-
-def _preference_fit(method: Method, model: nn.Module, request: UnlearnRequest,
-                    forget_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]) -> nn.Module:
-    task, cfg = request.task, method.config
-    forget_batches = request.cycle("forget")
-    optimizer = make_optimizer(model.parameters(), request.train, lr=cfg.lr)
-
-    def loss(m: nn.Module, retain_batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        value = forget_loss(m, next(forget_batches))
-        if cfg.retain_weight:
-            value = value + cfg.retain_weight * task.per_example_loss(m, retain_batch).mean()
-        return value
-
-    method.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
-    return model
 
 
 @register
@@ -65,7 +47,7 @@ class NPO(Method):
             ratio = target_log_prob(task, m, batch) - ref
             return (2 / beta) * F.softplus(beta * ratio).mean()
 
-        return _preference_fit(self, model, request, forget_loss)
+        return fit_forget_with_retain(self, model, request, forget_loss)
 
 
 @register
@@ -92,4 +74,4 @@ class SimNPO(Method):
         def forget_loss(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return (2 / beta) * F.softplus(beta * target_log_prob(task, m, batch) + delta).mean()
 
-        return _preference_fit(self, model, request, forget_loss)
+        return fit_forget_with_retain(self, model, request, forget_loss)

@@ -24,7 +24,8 @@ def person_source(index: int) -> str:
     return f"person-{index:03d}"
 
 
-LM_METHODS = ("retrain", "finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "rmu")
+LM_METHODS = ("retrain", "finetune", "gradient_ascent", "grad_diff", "npo", "simnpo", "rmu", "undial", "wga",
+              "flat", "pdu")
 # TOFU's standard (loss on the whole answer) and the key-span variants, which put the forget loss on the fact only.
 PEOPLE_METHODS = (*LM_METHODS, "grad_diff[forget_span=key]", "npo[forget_span=key]", "idk", "idk[loss=dpo]")
 
@@ -65,7 +66,8 @@ class _People(_LanguageScenario):
         return out
 
     model: ClassVar[dict[str, Any]] = {"n_layer": 2, "n_embd": 128, "n_head": 4, "max_length": 48, "tokenizer": "word"}
-    train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 2e-3, "batch_size": 32, "epochs": 100}
+    train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 2e-3, "batch_size": 32, "epochs": 100,
+                                       "checkpoints": 10}  # for `disgorge attribute`
 
     def recipe(self) -> Recipe:
         """A small word-level GPT-2 trained until it reproduces every person's answers."""

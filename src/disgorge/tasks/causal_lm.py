@@ -225,16 +225,26 @@ class CausalLMTask(Task):
         """Log-probability of each answer token (``logp``, ``mask``) and whether it is the model's top prediction
         (``argmax_ok``); with ``stats`` also the mean and standard deviation of the log-probability over the
         vocabulary at each position (Min-K%++)."""
-        ids, attention, mask = self.encode(model, prompts, answers)
-        logits = model(ids, attention).logits[:, :-1].float()
+        logits, targets, mask = self._next_token_logits(model, prompts, answers)
         logprobs = F.log_softmax(logits, dim=-1)
-        out = {"logp": logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1), "mask": mask,
-               "argmax_ok": logits.argmax(-1) == ids[:, 1:]}
+        out = {"logp": logprobs.gather(-1, targets[..., None]).squeeze(-1), "mask": mask,
+               "argmax_ok": logits.argmax(-1) == targets}
         if stats:
             from ..evaluate.lm_metrics import vocab_logprob_moments
 
             out["mu"], out["sigma"] = vocab_logprob_moments(logprobs)
         return out
+
+    def answer_logits(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next-token scores at each target position of the batch's records (``[B, T-1, V]``, float), the target
+        tokens (``[B, T-1]``) and the mask of the positions that belong to the answer (``[B, T-1]``): what methods
+        whose loss is defined per answer token (WGA, UNDIAL, PDU) read."""
+        return self._next_token_logits(model, texts(batch, "prompt"), texts(batch, "answer"))
+
+    def _next_token_logits(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, attention, mask = self.encode(model, prompts, answers)
+        return model(ids, attention).logits[:, :-1].float(), ids[:, 1:], mask
 
     def sequence_nll(self, model: nn.Module, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
         """Mean negative log-likelihood of each answer's tokens given its prompt, ``[B]``."""
