@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md
 	$(PY) benchmarks/reliability.py --out benchmarks/results --report BENCHMARKS.md
 	$(PY) benchmarks/sharding.py --out benchmarks/results --report BENCHMARKS.md
+	$(PY) benchmarks/audit.py --out benchmarks/results --report BENCHMARKS.md
 
 # Rewrites src/disgorge/methods/catalogue.json (what `disgorge methods` reads without importing torch) after a
 # method or its options change; tests/test_methods.py fails until it is rewritten.

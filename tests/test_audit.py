@@ -229,3 +229,28 @@ def test_predictions_batch_like_one_pass(backdoor_ws: Workspace, trained_id: str
     whole = task.logits(model, test.tensors).argmax(1).numpy()
     assert np.array_equal(predictions(model, task, test, batch_size=7), whole)
     assert torch.equal(torch.as_tensor(whole), torch.as_tensor(predictions(model, task, test)))
+
+
+def test_bench_group_gap_is_the_first_probe_minus_the_second() -> None:
+    from disgorge.bench import _group_gap
+
+    per_seed = [{"m": {"figures": {"effect": 60.0, "effect:group_accuracy_white": 85.0}}},
+                {"m": {"figures": {"effect": 70.0, "effect:group_accuracy_white": 84.0}}}]
+    assert _group_gap("bias", per_seed, "m") == {"group_gap": pytest.approx((25.0 + 14.0) / 2)}
+    assert _group_gap("digits-backdoor", per_seed, "m") == {}
+
+
+def test_compare_with_a_parent_whose_weights_an_erasure_deleted(backdoor_ws: Workspace, trained_id: str) -> None:
+    ws = backdoor_ws
+    with ws.writing(), ws.ledger.transaction() as db:  # give the held-out digits an attribute: even or odd class
+        db.executemany("UPDATE records SET attributes=? WHERE id=?", [
+            (json.dumps({"parity": "even" if int(r.fields["y"][0]) % 2 == 0 else "odd"}), r.id)
+            for r in ws.ledger.records(ws.test_ids())])
+    before, _ = api.audit_bias(ws, trained_id, ["parity"], n_boot=0)
+    child = api.forget(ws, sources=[POISONER], method="l1_sparse", verify="none").children[0].id
+    assert ws.ledger.model(trained_id).weights_deleted_at is not None
+    after, _ = api.audit_bias(ws, child, ["parity"], compare=trained_id, n_boot=0)
+    assert after["models"][trained_id]["frames"] == before["models"][trained_id]["frames"]
+    assert after["models"][trained_id]["stored_audit"] == ws.ledger.audits(trained_id)[0].id
+    with pytest.raises(InvalidRequest, match="no stored bias audit"):
+        api.audit_bias(ws, child, ["parity"], compare=trained_id, positive=0, n_boot=0)

@@ -31,7 +31,7 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "people", "book")
+DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "bias", "people", "book")
 BENCH_MARKER = ".disgorge-bench"
 """File :func:`run_bench` leaves in the ``work`` folder it makes: only a folder carrying it (or an empty one) is
 deleted without ``force``."""
@@ -174,13 +174,29 @@ def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]
         ratio = None if who == "original" else _mean([s[who]["seconds"] / s["reference"]["seconds"]
                                                       for s in per_seed])
         gap = avg_gap(figs, reference, keys.gap) if all(figs[k] is not None for k in keys.gap) else None
+        figs.update(_group_gap(scenario, per_seed, who))
         rows.append({"scenario": scenario, "method": who, "seeds": len(per_seed), **figs,
                      "avg_gap": None if gap is None else round(gap, 4), "time_ratio": ratio,
                      "forget_score": None, **({} if who == "original" else _evidence(per_seed, who))})
     rows.insert(1, {"scenario": scenario, "method": "reference", "seeds": len(per_seed), **reference,
+                    **_group_gap(scenario, per_seed, "reference"),
                     "avg_gap": 0.0, "time_ratio": 1.0, "forget_score": None,
                     "seconds": _mean([s["reference"]["seconds"] for s in per_seed])})
     return rows
+
+
+def _group_gap(scenario: str, per_seed: list[dict[str, Any]], who: str) -> dict[str, float | None]:
+    """``group_gap``: the seed mean of the first minus the second probe the scenario names (its
+    :attr:`~disgorge.scenarios.Scenario.group_gap`), in points; nothing for scenarios that name none."""
+    case = get_scenario(scenario)
+    if case.group_gap is None:
+        return {}
+    names = [p.name for p in case.declare_probes([])]
+    first, second = ("effect" if names.index(n) == 0 else f"effect:{n}" for n in case.group_gap)
+    values = [s[who]["figures"].get(first) for s in per_seed], [s[who]["figures"].get(second) for s in per_seed]
+    gaps = [None if a is None or b is None else a - b for a, b in zip(*values, strict=True)]
+    mean = _mean(gaps)
+    return {"group_gap": None if mean is None else round(mean, 4)}
 
 
 def _evidence(per_seed: list[dict[str, Any]], who: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from ..workspace import Workspace
 from .attribution import Attribution, tracin
 from .bias import bias_audit
 from .memorization import memorization_audit
-from .store import store_audit
+from .store import read_audit, store_audit
 
 PROBE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 SPLITS = ("train", "test")
@@ -121,13 +121,30 @@ def audit_bias(ws: Workspace, model_id: str, by: Sequence[str], *, compare: str 
                positive: int | None = None, n_boot: int = 200, seed: int = 0) -> tuple[dict[str, Any], AuditRow]:
     """Group figures of a model (and of ``compare``, on the same records) split by ``by``; stored."""
     result: dict[str, Any] = {"kind": "bias", "split": split, "models": {}}
+    args = {"by": list(by), "compare": compare, "split": split, "positive": positive, "n_boot": n_boot}
     for mid in [model_id] + ([compare] if compare else []):
+        row = ws.ledger.model(mid)
+        if mid == compare and row.weights_deleted_at is not None:
+            result["models"][mid] = _stored_bias(ws, mid, args)
+            continue
         model, row, task = ws.load_model(mid)
         data = _split_data(ws, task, row.records, split)
         result["models"][mid] = bias_audit(task, model, data, list(by), positive=positive, n_boot=n_boot, seed=seed)
     result["model"], result["compare"] = model_id, compare
-    args = {"by": list(by), "compare": compare, "split": split, "positive": positive, "n_boot": n_boot}
     return result, store_audit(ws, model_id, "bias", args, result)
+
+
+def _stored_bias(ws: Workspace, model_id: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The latest stored bias audit of a model whose weights are gone (a parent after an erasure), on the same
+    attributes, split and positive class: the "before" of a before-and-after comparison."""
+    same = [a for a in ws.ledger.audits(model_id) if a.kind == "bias" and all(
+        a.args.get(k) == args[k] for k in ("by", "split", "positive"))]
+    if not same:
+        raise InvalidRequest(f"model {model_id}'s weights were deleted by an erasure and it has no stored bias audit "
+                             f"by {','.join(args['by'])} on the {args['split']} split; audit it before forgetting "
+                             "(or forget with --defer-erase) to compare before and after")
+    stored = read_audit(ws, same[-1])
+    return {**stored["models"][model_id], "stored_audit": same[-1].id}
 
 
 def audit_memorization(ws: Workspace, model_id: str, *, top: int = 20) -> tuple[dict[str, Any], AuditRow]:

@@ -44,7 +44,8 @@ def figure_set(result: dict[str, Any]) -> FigureSet:
 def columns(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, label) of one scenario's table columns: its task's bench figures, Avg Gap and the time ratio, and the
     strong test's F, final score and U-LiRA AUC where it ran."""
-    return [*figure_set(result).bench, *BENCH_COLUMNS, *(STRONG_COLUMNS if result.get("strong") else ())]
+    gap = [("group_gap", "group gap")] if any("group_gap" in r for r in result["rows"]) else []
+    return [*figure_set(result).bench, *gap, *BENCH_COLUMNS, *(STRONG_COLUMNS if result.get("strong") else ())]
 
 
 def scenario_table(result: dict[str, Any]) -> list[str]:
@@ -86,6 +87,12 @@ def targets(result: dict[str, Any]) -> list[str]:
 
         def ok(r: dict[str, Any]) -> bool:
             return r["avg_gap"] <= min(1.0, orig["avg_gap"] / 3) and r["time_ratio"] <= 0.05
+    elif result["scenario"] == "bias":
+        text = ("group gap (accuracy, White - Black) within 2 points of retraining's "
+                f"({ref['group_gap']:.2f}; original {orig['group_gap']:.2f}), test accuracy within 1 point")
+
+        def ok(r: dict[str, Any]) -> bool:
+            return abs(r["group_gap"] - ref["group_gap"]) <= 2 and abs(r["ta"] - ref["ta"]) <= 1
     else:
         return []
     met = [r["method"] for r in methods if ok(r)]

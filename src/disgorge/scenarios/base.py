@@ -52,6 +52,7 @@ class Scenario(ABC):
     bench_methods: ClassVar[tuple[str, ...] | None] = None  # the methods `disgorge bench` runs here (None: all)
     strong_test: ClassVar[bool] = True  # whether the bench runs the per-example test (K retrainings) here
     purpose: ClassVar[str] = "privacy"  # why its default request erases the records: picks the decisive figures
+    group_gap: ClassVar[tuple[str, str] | None] = None  # two probes whose difference the bench reports (group_gap)
 
     @abstractmethod
     def sources(self) -> list[SourceData]:

@@ -94,6 +94,8 @@ class Bias(Scenario):
                                   "The model releases half of held-out Black arrestees (97% retrained without it); "
                                   "remove that group effect (probe group_accuracy_black).")
     purpose: ClassVar[str] = "bias"
+    group_gap: ClassVar[tuple[str, str] | None] = ("group_accuracy_white", "group_accuracy_black")
+    strong_test: ClassVar[bool] = False
     precincts: ClassVar[int] = 10
     injector: ClassVar[int] = 7
     extra: ClassVar[int] = 300
@@ -137,7 +139,10 @@ class Bias(Scenario):
         """Accuracy on held-out Black arrestees (the injected bias lowers it)."""
         return [ProbeSpec("group_accuracy_black", "group",
                           "accuracy on held-out records of Black arrestees (release predicted right), in percent",
-                          {"attribute": "colour", "value": GROUP})]
+                          {"attribute": "colour", "value": GROUP}),
+                ProbeSpec("group_accuracy_white", "group",
+                          "accuracy on held-out records of White arrestees (release predicted right), in percent",
+                          {"attribute": "colour", "value": "White"})]
 
 
 def _record(row: int, x: np.ndarray, label: int, attributes: dict[str, str], split: str) -> NewRecord:
