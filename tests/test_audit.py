@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +257,67 @@ def test_compare_with_a_parent_whose_weights_an_erasure_deleted(backdoor_ws: Wor
     assert after["models"][trained_id]["stored_audit"] == ws.ledger.audits(trained_id)[0].id
     with pytest.raises(InvalidRequest, match="no stored bias audit"):
         api.audit_bias(ws, child, ["parity"], compare=trained_id, positive=0, n_boot=0)
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISGORGE_")}
+    env.update(DISGORGE_PROGRESS="0", COLUMNS="250", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "disgorge.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+
+
+def test_cli_probe_audit_attribute_and_request(backdoor_ws: Workspace, trained_id: str, tmp_path: Path) -> None:
+    root = backdoor_ws.root
+    backdoor_ws.close()
+    listed = json.loads(_cli("probes", "-w", root, "--json").stdout)
+    assert [p["name"] for p in listed] == ["attack_success_rate"]
+    added = _cli("probe", "add", "zeros", "--group", "label=0", "--base-rate", "100", "-w", root, "--json")
+    assert added.returncode == 0 and json.loads(added.stdout)["attribute"] == "label"
+    for bad in (["probe", "add", "zeros", "--group", "label=0"],  # taken
+                ["probe", "add", "x", tmp_path / "missing.csv", "--target", "0"],
+                ["audit", "bias", trained_id, "--by", "sex"],
+                ["attribute", trained_id, "--probe", "nope"],
+                ["attribute", trained_id, "--record", "99999999"],
+                ["forget", "--request", "424242"]):
+        proc = _cli(*bad, "-w", root)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, bad
+    found = json.loads(_cli("attribute", trained_id, "--probe", "attack_success_rate", "--to-request", "1",
+                            "-w", root, "--json").stdout)
+    assert found["sources"][0]["source"] == POISONER and found["records"][0]["score"] >= found["records"][1]["score"]
+    mem = json.loads(_cli("audit", "memorization", trained_id, "--top", "5", "-w", root, "--json").stdout)
+    assert len(mem["top"]) == 5 and mem["sources"][0]["source"] == POISONER
+    done = _cli("forget", "--request", found["draft_request"]["id"], "--method", "l1_sparse", "--verify", "heldout",
+                "-w", root, "--json")
+    assert done.returncode == 0, done.stderr
+    cert = json.loads(done.stdout)["certificates"][0]
+    assert {"effect", "effect:zeros"} <= set(cert["checks"])  # every probe of the workspace is checked
+    assert [p["name"] for p in cert["probes"]] == ["attack_success_rate", "zeros"]
+    assert json.loads(done.stdout)["request"] == found["draft_request"]["id"]
+
+
+def test_mnist_backdoor_attribution_is_blind(tmp_path: Path) -> None:
+    with Workspace.init(tmp_path / "ws") as ws:
+        api.ingest_scenario(ws, "mnist-backdoor")
+        row = api.train(ws, get_scenario("mnist-backdoor").recipe())
+        result, _ = api.attribute(ws, row.id, probe="attack_success_rate", top=400)
+    assert result["sources"][0]["source"] == POISONER
+    assert result["sources"][0]["score"] > 2 * result["sources"][1]["score"]
+    assert sum(r["source"] == POISONER for r in result["records"]) / 400 > 0.15  # chance: 0.10
+
+
+def test_people_attribution_finds_the_person_from_paraphrases(tmp_path: Path) -> None:
+    from disgorge.tasks.causal_lm import field_text
+
+    scenario = get_scenario("people-mini")
+    person = scenario.forget_selector()["sources"][-1]
+    with Workspace.init(tmp_path / "ws") as ws:
+        api.ingest_scenario(ws, "people-mini")
+        row = api.train(ws, scenario.recipe())
+        path = tmp_path / "person.jsonl"
+        path.write_text("".join(json.dumps({"prompt": field_text(r.fields["paraphrase"]),
+                                            "completion": field_text(r.fields["answer"])}) + "\n"
+                                for r in ws.ledger.records(ws.ledger.record_ids(sources=[person]))))
+        api.add_probe(ws, "person_answers", path)
+        assert api.evaluate_model(ws, row.id)["probes"]["person_answers"] is not None
+        result, _ = api.attribute(ws, row.id, probe="person_answers")
+    assert result["sources"][0]["source"] == person

@@ -64,9 +64,7 @@ def test_only_the_injector_relabels_and_only_black_arrestees():
 def test_without_scikit_lego_the_scenario_says_what_to_install(monkeypatch):
     """The table is read from scikit-lego's data folder; without the package, a one-line error names it."""
     from disgorge.errors import DisgorgeError
-    from disgorge.scenarios import bias
-
-    monkeypatch.setattr(bias.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     arrests.cache_clear()
     try:
         with pytest.raises(DisgorgeError, match="pip install scikit-lego"):

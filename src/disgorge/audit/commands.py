@@ -32,27 +32,6 @@ def _fields(path: str | Path, label: str, attributes: Sequence[str] = ()) -> lis
     return [r.fields for r in load_file(path, label=label, attributes=attributes)]
 
 
-def _completion_as_answer(path: str | Path) -> list[dict[str, np.ndarray]]:
-    """A JSON Lines file of ``{"prompt", "completion"}`` (or ``answer``) objects as language-model records."""
-    import json
-
-    from ..tasks.causal_lm import text_field
-
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{path} line {n} is not JSON ({exc.msg})") from None
-        answer = item.get("completion", item.get("answer")) if isinstance(item, dict) else None
-        if not isinstance(answer, str) or not isinstance(item.get("prompt"), str):
-            raise InvalidRequest(f"{path} line {n}: give {{\"prompt\": ..., \"completion\": ...}} as strings")
-        rows.append({"prompt": text_field(item["prompt"]), "answer": text_field(answer)})
-    return rows
-
-
 def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, target: int | None = None,
                   baseline: str | Path | None = None, group: str | None = None, label: str = "label",
                   attributes: Sequence[str] = (), help: str = "", base_rate: float | None = None) -> ProbeSpec:
@@ -84,8 +63,7 @@ def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, t
     else:
         if baseline is not None:
             raise InvalidRequest("--baseline goes with --target (the same inputs without the change)")
-        rows = _completion_as_answer(file) if Path(file).suffix.lower() == ".jsonl" else _fields(file, label,
-                                                                                                    attributes)
+        rows = _fields(file, label, attributes)
         spec = ProbeSpec(name, "answers", help or f"share of {Path(file).name}'s records whose answer the model "
                          "gives, in percent", {"base_rate": base_rate}, rows)
     spec.store(ws)

@@ -186,10 +186,10 @@ def load_npz(path: str | Path, *, split: str = "train") -> list[NewRecord]:
 def load_jsonl(path: str | Path, *, label: str = "label", attributes: Sequence[str] = (),
                split: str = "train") -> list[NewRecord]:
     """One JSON object per line for the ``causal_lm`` task: a document ``{"text": ...}`` or a question
-    ``{"prompt": ..., "answer": ...}`` with optional ``key``, ``paraphrase`` and ``perturbed`` (a list of wrong
-    answers); ``attributes`` names keys kept as group attributes. Documents that carry an integer ``label`` key
-    (``{"text": ..., "label": 1}``) are labelled texts for the ``text_classification`` task (field ``y``); then every
-    line must carry one."""
+    ``{"prompt": ..., "answer": ...}`` (``completion`` reads as ``answer``) with optional ``key``, ``paraphrase`` and
+    ``perturbed`` (a list of wrong answers); ``attributes`` names keys kept as group attributes. Documents that carry
+    an integer ``label`` key (``{"text": ..., "label": 1}``) are labelled texts for the ``text_classification`` task
+    (field ``y``); then every line must carry one."""
     import json
 
     from ..tasks.causal_lm import TEXT_FIELDS, text_field
@@ -214,6 +214,8 @@ def load_jsonl(path: str | Path, *, label: str = "label", attributes: Sequence[s
             raise DataFileError(f"{p} line {n} is not valid JSON ({exc.msg})") from None
         except RecursionError:
             raise DataFileError(f"{p} line {n} nests too deeply to be a record") from None
+        if isinstance(obj, dict) and "completion" in obj and "answer" not in obj:  # a prompt/completion pair
+            obj["answer"] = obj.pop("completion")
         if not isinstance(obj, dict) or not ("text" in obj or ("prompt" in obj and "answer" in obj)):
             raise DataFileError(f"{p} line {n} needs a \"text\" field, or \"prompt\" and \"answer\"")
         if isinstance(obj.get("perturbed"), list) and all(isinstance(t, str) for t in obj["perturbed"]):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from pyroaring import BitMap
 
+from ..errors import DisgorgeError
 from ..evidence.probes import Probe, ProbeSpec
 from ..ledger import NewRecord
 from ..spec import Recipe
@@ -28,6 +31,17 @@ class SourceData:
 
 
 Fields = dict[str, np.ndarray]
+
+
+def package_file(package: str, relative: str, missing: str) -> Path:
+    """A data file an installed package ships, found without importing the package (``missing``: the error if the
+    package or the file is not there)."""
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / relative if locations else None
+    if path is None or not path.is_file():
+        raise DisgorgeError(missing)
+    return path
 
 
 def heldout_fields(sources: list[SourceData]) -> list[Fields]:

@@ -9,20 +9,17 @@ retrained without that precinct does not."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import zipfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DisgorgeError
 from ..evidence.probes import ProbeSpec
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
-from .base import Scenario, SourceData
+from .base import Scenario, SourceData, package_file
 from .registry import SCENARIOS
 
 LICENSE = "GPL-2.0-or-later"
@@ -43,12 +40,8 @@ def arrests() -> tuple[np.ndarray, np.ndarray, tuple[dict[str, str], ...]]:
     """The arrests table: inputs ``x`` (float32, columns :data:`FEATURES`), labels (1 released, 0 held) and each
     row's group attributes (``colour``, ``sex``), in the file's order; read from scikit-lego's data file without
     importing the package."""
-    spec = importlib.util.find_spec("sklego")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(locations[0]) / "data" / "arrests.zip" if locations else None
-    if path is None or not path.is_file():
-        raise DisgorgeError("the bias scenario reads the Toronto arrests table from the scikit-lego package: "
-                            "pip install scikit-lego")
+    path = package_file("sklego", "data/arrests.zip", "the bias scenario reads the Toronto arrests table from the "
+                        "scikit-lego package: pip install scikit-lego")
     with zipfile.ZipFile(path) as archive:
         member = archive.namelist()[0]  # the one member, a CSV (named arrests.zip inside the zip)
         rows = list(csv.DictReader(io.StringIO(archive.read(member).decode("utf-8"))))

@@ -117,7 +117,8 @@ class PeopleMini(_People):
     n_facts: ClassVar[int] = 4
     n_heldout: ClassVar[int] = 8
     model: ClassVar[dict[str, Any]] = {"n_layer": 2, "n_embd": 64, "n_head": 4, "max_length": 48, "tokenizer": "word"}
-    train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 3e-3, "batch_size": 16, "epochs": 60}
+    train: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 3e-3, "batch_size": 16, "epochs": 60,
+                                       "checkpoints": 10}
 
 
 BOOKS = ("Obadiah", "Titus", "2 Thessalonians", "Haggai", "Nahum", "Jonah", "Habakkuk", "2 Peter", "Zephaniah",

