@@ -5,11 +5,13 @@ Run from the repository root, on a quiet machine (the time ratios are wall-clock
     .venv/bin/python benchmarks/audit.py --out benchmarks/results --report BENCHMARKS.md [--seeds 3]
 
 For each scenario and seed it builds a workspace, trains the scenario's recipe with that seed (the recipes keep
-training checkpoints: digits-backdoor 10, mnist-backdoor 15, people-mini 10) and runs ``api.attribute`` on one
-behaviour, knowing nothing of which source is guilty:
+training checkpoints: digits-backdoor 10, mnist-backdoor 15, people-mini 10; bias none, so its final weights) and
+runs ``api.attribute`` on one behaviour, knowing nothing of which source is guilty:
 
 - ``digits-backdoor``, ``mnist-backdoor``: the scenario's probe (triggered held-out images sent to the target);
   the guilty source is the poisoner, ``contributor-07``;
+- ``bias``: the scenario's probe (accuracy on held-out Black arrestees; attribution traces its errors); the guilty
+  source is the precinct that relabelled them, ``precinct-07``;
 - ``people-mini``: an ``answers`` probe of the last forget person's questions, paraphrased, with that person's
   answers (a JSON Lines file of prompts and completions, as a user would declare it); the guilty source is that
   person's.
@@ -43,7 +45,7 @@ from disgorge.workspace import Workspace
 
 START, END = "<!-- audit:start -->", "<!-- audit:end -->"
 TITLE = "## Audit: blind attribution"
-SCENARIOS = ("digits-backdoor", "mnist-backdoor", "people-mini")
+SCENARIOS = ("digits-backdoor", "mnist-backdoor", "bias", "people-mini")
 
 
 def person_probe(ws: Workspace, person: str, folder: Path) -> str:
@@ -86,7 +88,8 @@ def section(runs: list[dict[str, Any]], command: str) -> str:
     """The report's section: one row per scenario, seeds aggregated."""
     lines = [TITLE, "", f"Measured by `{command}` ({len({r['seed'] for r in runs})} seed(s) per scenario; every run "
              "blind: the attribution is given only the behaviour). Rank = the guilty source's place among all "
-             "sources, in every seed; margin = its score over the next source's (median); P@k = precision at k of "
+             "sources, in every seed; margin = its score over the next source's (median over the seeds where another "
+             "source scored above 0); P@k = precision at k of "
              "the records, k = the guilty source's record count (mean; chance in brackets); time = attribution / "
              "training of the same model (mean).", "",
              "| scenario | behaviour | guilty source | rank per seed | margin | P@k (chance) | checkpoints | time |",
@@ -94,7 +97,9 @@ def section(runs: list[dict[str, Any]], command: str) -> str:
     for scenario in dict.fromkeys(r["scenario"] for r in runs):
         rs = [r for r in runs if r["scenario"] == scenario]
         margins = [r["margin"] for r in rs if r["margin"] is not None]
-        margin = f"{np.median(margins):.1f}x" if margins else "-"
+        alone = sum(r["rank"] == 1 and r["margin"] is None for r in rs)  # every other source scored <= 0
+        margin = ", ".join(([f"{np.median(margins):.1f}x"] if margins else [])
+                           + ([f"{alone} seed(s): every other source <= 0"] if alone else [])) or "-"
         lines.append(f"| {scenario} | {rs[0]['behaviour']} | {rs[0]['guilty']} (of {rs[0]['sources']}) | "
                      f"{', '.join(str(r['rank']) for r in rs)} | {margin} | "
                      f"{np.mean([r['precision_at_k'] for r in rs]):.2f} ({rs[0]['chance']:.2f}) | "
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "audit.json", json.dumps({"command": command, "runs": runs}, indent=1) + "\n")
     if args.report is not None:
-        write_section(args.report, section(runs, command), START, END)
+        write_section(args.report, f"{START}\n{section(runs, command)}{END}", START, END)
     return 0
 
 

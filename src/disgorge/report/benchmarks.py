@@ -187,7 +187,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> dict[str, dict[str, tuple
     return drawn
 
 
-RESULT_FILES = ("summary.json", "verification.json", "reliability.json", "sharding.json")
+RESULT_FILES = ("summary.json", "verification.json", "reliability.json", "sharding.json", "audit.json")
 """Files of a results folder that are not one scenario's results (the last two: ``benchmarks/reliability.py``'s and
 ``benchmarks/sharding.py``'s)."""
 
