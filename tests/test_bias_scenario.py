@@ -90,16 +90,17 @@ def bias_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspac
 
 def test_ingest_keeps_every_arrest_with_its_attributes_and_declares_the_group_probe(bias_ws):
     """Every arrest is its own record (none dropped as a duplicate), with colour and sex attributes; the held-out
-    split holds 1,046; one probe is declared: accuracy on held-out Black arrestees."""
+    split holds 1,046; two probes are declared: accuracy on held-out Black arrestees (the main effect), then White."""
     ws, _, _ = bias_ws
     assert {s.name for s in ws.ledger.sources()} == {precinct_name(i) for i in range(10)} | {"arrests-heldout"}
     assert len(ws.test_ids()) == 1046
     assert len(ws.ledger.record_ids(split="train")) == 5226 - 1046
     (record,) = ws.ledger.records([ws.test_ids().min()])
     assert set(record.attributes) == {"colour", "sex"}
-    (probe,) = ws.ledger.probes()
-    assert (probe.name, probe.kind) == ("group_accuracy_black", "group")
-    assert (probe.spec["attribute"], probe.spec["value"]) == ("colour", "Black")
+    black, white = ws.ledger.probes()
+    assert (black.name, black.kind, white.name) == ("group_accuracy_black", "group", "group_accuracy_white")
+    assert [(p.spec["attribute"], p.spec["value"]) for p in (black, white)] == [("colour", "Black"),
+                                                                                ("colour", "White")]
 
 
 def _group_figures(ws: Workspace, model_id: str) -> dict[str, float]:
@@ -116,8 +117,8 @@ def _group_figures(ws: Workspace, model_id: str) -> dict[str, float]:
         rows = test.attributes["colour"] == colour
         out[f"accuracy_{colour}"] = 100 * float(np.mean(pred[rows] == y[rows]))
         out[f"selection_{colour}"] = 100 * float(np.mean(pred[rows] == 1))
-    (probe,) = workspace_probes(ws)
-    out["probe"] = probe.measure(model, task, test)
+    black, white = workspace_probes(ws)
+    out["probe"], out["probe_white"] = black.measure(model, task, test), white.measure(model, task, test)
     return out
 
 
@@ -128,6 +129,7 @@ def test_the_injected_bias_shows_in_the_original_and_not_in_the_retrained_model(
     ws, original, retrained = bias_ws
     before, after = _group_figures(ws, original), _group_figures(ws, retrained)
     assert before["probe"] == pytest.approx(before["accuracy_Black"])
+    assert before["probe_white"] == pytest.approx(before["accuracy_White"])
     assert after["probe"] - before["probe"] >= 8
     assert before["selection_White"] - before["selection_Black"] >= 30
     assert after["selection_White"] - after["selection_Black"] <= 10
