@@ -57,8 +57,10 @@ def test_training_is_bit_identical_and_writes_an_immutable_model(backdoor_ws, tr
     assert second.weights_sha256 == first.weights_sha256
     assert second.records == first.records and len(first.records) == 1437
     folder = backdoor_ws.model_dir(second.id)
+    kept = second.info["checkpoints"]["files"]  # the scenario's recipe keeps checkpoints for attribution
+    assert kept == first.info["checkpoints"]["files"] and len(kept) == 10  # bit-identical, like the weights
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "recipe.toml", "config.json",
-                                                  "README.md", "records.roaring"}
+                                                  "README.md", "records.roaring", *kept}
     # the permission bits themselves: root may open any file for writing, so os.access would prove nothing
     assert all(stat.S_IMODE(p.stat().st_mode) & 0o222 == 0 for p in folder.iterdir())
     text = (folder / "README.md").read_text()

@@ -486,7 +486,7 @@ def test_a_version_2_ledger_migrates_and_accepts_imported_models(tmp_path, monke
             ws.ledger.insert_model(ModelRow(**{**vars(row), "id": "m2", "kind": "imported"}))
     monkeypatch.undo()
     with Workspace.open(root) as ws:
-        assert ws.ledger.schema_version == len(MIGRATIONS) == 3
+        assert ws.ledger.schema_version == len(MIGRATIONS) == 4
         assert ws.ledger.model("m1") == row and ws.ledger.chain_problems() == []
         ws.ledger.insert_model(ModelRow(**{**vars(row), "id": "m2", "kind": "imported"}))
         assert [m.kind for m in ws.ledger.models()] == ["trained", "imported"]

@@ -129,14 +129,14 @@ class TrainSpec:
     epochs: int = 20
     device: str = "auto"
     precision: str = "fp32"
-    checkpoints: int = 0  # weights kept at this many evenly spaced epochs, for attribution over training (TracIn-CP)
+    checkpoints: int = 0  # weights kept after this many evenly spaced epochs (one per epoch at most), for TracIn-CP
 
     def __post_init__(self) -> None:
         check_device(self.device, "train.device")
         if not isinstance(self.checkpoints, int) or isinstance(self.checkpoints, bool) or \
-                not 0 <= self.checkpoints <= min(self.epochs, MAX_CHECKPOINTS):
-            raise RecipeError(f"train.checkpoints must be an integer from 0 to the number of epochs (at most "
-                              f"{MAX_CHECKPOINTS}), got {self.checkpoints!r}")
+                not 0 <= self.checkpoints <= MAX_CHECKPOINTS:
+            raise RecipeError(f"train.checkpoints must be an integer from 0 to {MAX_CHECKPOINTS}, got "
+                              f"{self.checkpoints!r}")
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:

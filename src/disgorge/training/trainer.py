@@ -75,7 +75,9 @@ def fit_recipe(task: Task, recipe: Recipe, data: RecordDataset, info: dict[str, 
 
 
 def checkpoint_epochs(epochs: int, count: int) -> set[int]:
-    """The epochs (1-based) after which ``count`` evenly spaced checkpoints are kept, the last epoch included."""
+    """The epochs (1-based) after which ``count`` evenly spaced checkpoints are kept, the last epoch included (one
+    per epoch when ``count`` is at least ``epochs``)."""
+    count = min(count, epochs)
     return {round(epochs * (k + 1) / count) for k in range(count)} if count else set()
 
 
