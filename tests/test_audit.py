@@ -101,11 +101,15 @@ def test_user_probes_are_declared_measured_and_refused_when_wrong(user_ws: tuple
         assert listed["sevens_to_one"]["kind"] == "target" and listed["sevens_to_one"]["inputs"] > 0
         assert listed["left_accuracy"]["attribute"] == "writer"
         before = [p.name for p in ws.ledger.probes()]
+        jsonl = tmp_path / "prompts.jsonl"
+        jsonl.write_text(json.dumps({"prompt": "Where does Ann live?", "completion": "Oslo"}) + "\n")
         for bad in (lambda: api.add_probe(ws, "sevens_to_one", files["probe"], target=1,  # name taken
                                           attributes=["writer"]),
                     lambda: api.add_probe(ws, "g", group="writer"),  # no value
                     lambda: api.add_probe(ws, "Bad Name", group="writer=left"),
-                    lambda: api.add_probe(ws, "nofile", target=1)):
+                    lambda: api.add_probe(ws, "nofile", target=1),
+                    lambda: api.add_probe(ws, "texts", jsonl),  # language-model rows in a classifier's workspace
+                    lambda: api.add_probe(ws, "huge", files["probe"], target=2**40, attributes=["writer"])):
             with pytest.raises(InvalidRequest):
                 bad()
         assert [p.name for p in ws.ledger.probes()] == before
@@ -278,6 +282,7 @@ def test_cli_probe_audit_attribute_and_request(backdoor_ws: Workspace, trained_i
                 ["audit", "bias", trained_id, "--by", "sex"],
                 ["attribute", trained_id, "--probe", "nope"],
                 ["attribute", trained_id, "--record", "99999999"],
+                ["attribute", trained_id, "--record", str(2**32)],
                 ["forget", "--request", "424242"]):
         proc = _cli(*bad, "-w", root)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, bad
@@ -286,6 +291,8 @@ def test_cli_probe_audit_attribute_and_request(backdoor_ws: Workspace, trained_i
     assert found["sources"][0]["source"] == POISONER and found["records"][0]["score"] >= found["records"][1]["score"]
     mem = json.loads(_cli("audit", "memorization", trained_id, "--top", "5", "-w", root, "--json").stdout)
     assert len(mem["top"]) == 5 and mem["sources"][0]["source"] == POISONER
+    listed = json.loads(_cli("requests", "-w", root, "--json").stdout)
+    assert [(r["request"], r["status"]) for r in listed] == [(found["draft_request"]["id"], "draft")]
     done = _cli("forget", "--request", found["draft_request"]["id"], "--method", "l1_sparse", "--verify", "heldout",
                 "-w", root, "--json")
     assert done.returncode == 0, done.stderr
@@ -295,6 +302,7 @@ def test_cli_probe_audit_attribute_and_request(backdoor_ws: Workspace, trained_i
     assert json.loads(done.stdout)["request"] == found["draft_request"]["id"]
 
 
+@pytest.mark.slow  # ~30 s; benchmarks/audit.py checks it on three seeds
 def test_mnist_backdoor_attribution_is_blind(tmp_path: Path) -> None:
     with Workspace.init(tmp_path / "ws") as ws:
         api.ingest_scenario(ws, "mnist-backdoor")
@@ -305,6 +313,7 @@ def test_mnist_backdoor_attribution_is_blind(tmp_path: Path) -> None:
     assert sum(r["source"] == POISONER for r in result["records"]) / 400 > 0.15  # chance: 0.10
 
 
+@pytest.mark.slow  # ~40 s; benchmarks/audit.py checks it on three seeds
 def test_people_attribution_finds_the_person_from_paraphrases(tmp_path: Path) -> None:
     from disgorge.tasks.causal_lm import field_text
 
@@ -321,3 +330,14 @@ def test_people_attribution_finds_the_person_from_paraphrases(tmp_path: Path) ->
         assert api.evaluate_model(ws, row.id)["probes"]["person_answers"] is not None
         result, _ = api.attribute(ws, row.id, probe="person_answers")
     assert result["sources"][0]["source"] == person
+
+
+def test_erasing_held_out_records_drops_the_probes_that_copied_them(backdoor_ws: Workspace) -> None:
+    ws = backdoor_ws
+    held = [r for r in ws.ledger.records(ws.test_ids()) if int(r.fields["y"][0]) != TARGET][:3]
+    api.forget(ws, sources=[POISONER], records=[r.id for r in held], include_test=True, method="l1_sparse",
+               verify="none")
+    assert ws.ledger.probes() == []  # the backdoor probe's baseline held those images, byte for byte
+    blob = (ws.root / ".disgorge").glob("*")
+    raw = held[0].fields["x"].tobytes()
+    assert not any(p.is_file() and raw in p.read_bytes() for p in blob)

@@ -966,13 +966,17 @@ def attribute(model: Annotated[str, typer.Argument(help="a model id (see `disgor
 
 @app.command()
 def requests(workspace: WorkspaceOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """List erasure requests."""
+    """List erasure requests, and draft requests an attribution proposed (status draft)."""
     with _ws(workspace) as ws:
         data = [{"request": r.id, "status": r.status, "method": r.method, "records": len(r.records),
                  "models": [{"parent": a, "child": c} for a, c in
                             zip(r.affected, r.results.get("children", []), strict=False)],
                  "reason": r.reason, "selector": r.selector, "created": r.created_at, "completed": r.completed_at}
                 for r in ws.ledger.requests()]
+        done = {d["request"] for d in data}
+        data += [{"request": d.id, "status": "draft", "method": "-", "records": 0, "models": [], "reason": d.reason,
+                  "selector": d.selector, "created": d.created_at, "completed": None}
+                 for d in ws.ledger.drafts() if d.id not in done]  # `forget --request ID` carries them out
         _emit(data, as_json, lambda: out.print(_table(
             "request", "status", "method", "records", "models", "reason", "created",
             rows=[(d["request"], d["status"], d["method"], d["records"],

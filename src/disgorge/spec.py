@@ -129,7 +129,8 @@ class TrainSpec:
     epochs: int = 20
     device: str = "auto"
     precision: str = "fp32"
-    checkpoints: int = 0  # weights kept after this many evenly spaced epochs (one per epoch at most), for TracIn-CP
+    checkpoints: int = 0  # weights kept after this many evenly spaced epochs (at most one per epoch) for TracIn-CP;
+    # plain training only: a recipe with [sharding] or [privacy] keeps none
 
     def __post_init__(self) -> None:
         check_device(self.device, "train.device")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ from ..tasks import RecordDataset, Task
 
 log = logging.getLogger(__name__)
 
+Checkpoint = Callable[[], dict[str, torch.Tensor]]
+"""A kept checkpoint: a function that reads its weights (so that one at a time is in memory)."""
 MAX_BEHAVIOUR = 256
 """Most behaviour rows whose mean loss gradient is traced (a seeded sample of a larger probe)."""
 
@@ -115,10 +118,11 @@ def _directional_losses(task: Task, model: nn.Module, batch: dict[str, torch.Ten
 
 
 def tracin(task: Task, model: nn.Module, train: RecordDataset, behaviour: Behaviour,
-           checkpoints: list[tuple[dict[str, torch.Tensor], float]], *, batch_size: int = 256,
+           checkpoints: Sequence[tuple[Checkpoint, float]], *, batch_size: int = 256,
            max_behaviour: int = MAX_BEHAVIOUR, seed: int = 0) -> Attribution:
     """TracIn-CP scores of every record of ``train`` for ``behaviour`` on ``model``, over ``checkpoints`` (each a
-    state dict and the learning rate it was trained with; none: the model's own weights, weight 1)."""
+    function giving a state dict, loaded when its turn comes, and the learning rate it was trained with; none: the
+    model's own weights, weight 1)."""
     if len(behaviour.data) == 0:
         raise InvalidRequest(f"{behaviour.what}: no rows to attribute from; give a behaviour the held-out data shows")
     if len(train) == 0:
@@ -130,9 +134,10 @@ def tracin(task: Task, model: nn.Module, train: RecordDataset, behaviour: Behavi
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     work = copy.deepcopy(model).eval()  # checkpoints load into a copy: the caller's model stays as it is
     scores = torch.zeros(len(train), dtype=torch.float64)
-    steps = checkpoints or [({}, 1.0)]
+    steps = list(checkpoints) or [(dict, 1.0)]
     with _progress.bar("attribute", len(steps) * ((len(train) + batch_size - 1) // batch_size)) as bar:
-        for state, lr in steps:
+        for load, lr in steps:
+            state = load()
             if state:
                 work.load_state_dict(state)
             direction = _behaviour_direction(task, work, data, behaviour.sign, names, batch_size)

@@ -19,7 +19,7 @@ from ..evidence.probes import PROBE_KINDS, Behaviour, ProbeSpec, predictions, wo
 from ..ledger import AuditRow
 from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
-from .attribution import Attribution, tracin
+from .attribution import Attribution, Checkpoint, tracin
 from .bias import bias_audit
 from .memorization import memorization_audit
 from .store import read_audit, store_audit
@@ -59,28 +59,41 @@ def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, t
         spec = ProbeSpec(name, "target", help or f"share of {Path(file).name}'s inputs classified as {target}, in "
                          "percent", {"target": target, "base_rate": base_rate}, inputs,
                          _fields(baseline, label, attributes) if baseline is not None else None)
-        _check_shape(ws, inputs + (spec.baseline or []))
+        if not 0 <= target < 2**31:
+            raise InvalidRequest(f"--target must be a class label (an integer >= 0), got {target}")
+        _check_rows(ws, inputs + (spec.baseline or []), labelled=True)
     else:
         if baseline is not None:
             raise InvalidRequest("--baseline goes with --target (the same inputs without the change)")
         rows = _fields(file, label, attributes)
+        _check_rows(ws, rows, labelled=False)
         spec = ProbeSpec(name, "answers", help or f"share of {Path(file).name}'s records whose answer the model "
                          "gives, in percent", {"base_rate": base_rate}, rows)
     spec.store(ws)
     return spec
 
 
-def _check_shape(ws: Workspace, rows: list[dict[str, np.ndarray]]) -> None:
-    """Refuse probe inputs of another shape than the workspace's records (they could never reach its models)."""
+def _check_rows(ws: Workspace, rows: list[dict[str, np.ndarray]], *, labelled: bool) -> None:
+    """Refuse probe rows of another kind or shape than the workspace's records (no model here could read them);
+    ``labelled``: the rows are a classifier's inputs (a ``--target`` probe)."""
     present = ws.ledger.record_ids(split=None, states=("active", "held"))
-    if not rows or not present or "x" not in rows[0]:
-        return
+    if not present:
+        raise InvalidRequest("ingest the workspace's records before declaring a probe on their kind of data")
     (old,) = ws.ledger.records([present.min()])
-    if old.fields is not None and "x" in old.fields:
-        want = tuple(old.fields["x"].shape)
-        bad = next((tuple(r["x"].shape) for r in rows if tuple(r["x"].shape) != want), None)
-        if bad is not None:
-            raise InvalidRequest(f"probe inputs have shape {bad} but this workspace's records have {want}")
+    if old.fields is None:
+        return
+    kind = "inputs and labels (x, y)" if "x" in old.fields else "labelled texts" if "y" in old.fields else "texts"
+    for r in rows:
+        same = ("x" in r) == ("x" in old.fields) and ("y" in r) == ("y" in old.fields)
+        if not same:
+            raise InvalidRequest(f"the probe's rows are not {kind} like this workspace's records; give a file of the "
+                                 "kind ingested here")
+        if "x" in r and tuple(r["x"].shape) != tuple(old.fields["x"].shape):
+            raise InvalidRequest(f"probe inputs have shape {tuple(r['x'].shape)} but this workspace's records have "
+                                 f"{tuple(old.fields['x'].shape)}")
+    if labelled and "y" not in old.fields:
+        raise InvalidRequest("--target needs a classifier's workspace; for a language model give a .jsonl of prompts "
+                             "and completions without --target")
 
 
 def probe_listing(ws: Workspace) -> list[dict[str, Any]]:
@@ -131,11 +144,10 @@ def audit_memorization(ws: Workspace, model_id: str, *, top: int = 20) -> tuple[
         raise InvalidRequest(f"--top must be at least 1, got {top}")
     model, row, task = ws.load_model(model_id)
     train = _split_data(ws, task, row.records, "train")
-    references = []
-    for other in ws.ledger.models():
-        if other.id != model_id and other.recipe_sha256 == row.recipe_sha256 and other.weights_deleted_at is None \
-                and other.kind in ("reference", "trained") and not (row.records <= other.records):
-            references.append((ws.load_model(other.id)[0], other.records))
+    references = [(lambda mid=other.id: ws.load_model(mid)[0], other.records) for other in ws.ledger.models()
+                  if other.id != model_id and other.recipe_sha256 == row.recipe_sha256
+                  and other.weights_deleted_at is None and other.kind in ("reference", "trained")
+                  and not (row.records <= other.records)]
     result = {"kind": "memorization", "model": model_id,
               **memorization_audit(task, model, train, ws.dataset(task, ws.test_ids()), references=references,
                                    top=top)}
@@ -162,6 +174,8 @@ def _behaviour(ws: Workspace, task: Task, model: torch.nn.Module, *, probe: str 
             raise InvalidRequest(f"--group takes ATTR=VALUE, got {group!r}")
         row = ProbeSpec("group", "group", "", {"attribute": attribute, "value": value}).row()
         return PROBE_KINDS.get("group")(row).behaviour(task, heldout)
+    if not 0 <= record < 2**32:
+        raise NotFound(f"record id {record} does not exist in this workspace (record ids are below 2**32)")
     (found_record,) = ws.ledger.records(ws.ledger.check_ids([record]))
     if found_record.fields is None:
         raise InvalidRequest(f"record {record} was erased; there is nothing left to attribute")
@@ -172,11 +186,15 @@ def _behaviour(ws: Workspace, task: Task, model: torch.nn.Module, *, probe: str 
     return Behaviour(f"the model's output on record {record}", data, 1.0)
 
 
-def _checkpoints(ws: Workspace, model_id: str, device: torch.device) -> list[tuple[dict[str, torch.Tensor], float]]:
+def _checkpoints(ws: Workspace, model_id: str, device: torch.device) -> list[tuple[Checkpoint, float]]:
+    """Each kept checkpoint as a loader (read, checked and moved only when used) and its learning rate."""
     row = ws.ledger.model(model_id)
     kept = row.info.get("checkpoints") or {}
-    return [({k: v.to(device) for k, v in load_safetensors(ws.model_file(model_id, name, sha)).items()},
-             float(kept["lr"])) for name, sha in sorted(kept.get("files", {}).items())]
+
+    def loader(name: str, sha: str) -> Checkpoint:
+        return lambda: {k: v.to(device) for k, v in load_safetensors(ws.model_file(model_id, name, sha)).items()}
+
+    return [(loader(name, sha), float(kept["lr"])) for name, sha in sorted(kept.get("files", {}).items())]
 
 
 def attribute(ws: Workspace, model_id: str, *, probe: str | None = None, group: str | None = None,
@@ -190,6 +208,10 @@ def attribute(ws: Workspace, model_id: str, *, probe: str | None = None, group: 
         raise InvalidRequest(f"--to-request takes how many top sources to draft for erasure, got {to_request}")
     model, row, task = ws.load_model(model_id)
     behaviour = _behaviour(ws, task, model, probe=probe, group=group, record=record)
+    if "labels" in task.capabilities and len(behaviour.data) and "y" in behaviour.data.tensors:
+        classes = task.num_classes(row.info["data"])
+        if int(behaviour.data.tensors["y"].max()) >= classes:
+            raise InvalidRequest(f"{behaviour.what}: its label is beyond this model's {classes} classes")
     train = _split_data(ws, task, row.records, "train")
     kept = _checkpoints(ws, model_id, next(model.parameters()).device)
     found: Attribution = tracin(task, model, train, behaviour, kept, seed=seed)
@@ -198,11 +220,11 @@ def attribute(ws: Workspace, model_id: str, *, probe: str | None = None, group: 
               "seconds": round(found.seconds, 3), "training_seconds": row.seconds,
               "sources": found.by_source(), "records": found.top_records(top)}
     args = {"probe": probe, "group": group, "record": record, "top": top}
+    chosen = [s["source"] for s in result["sources"][:to_request] if s["score"] > 0]
+    if to_request and not chosen:
+        raise InvalidRequest("no source drives the behaviour (every score is <= 0); nothing to draft")
     stored = store_audit(ws, model_id, "attribution", args, result)
     if to_request:
-        chosen = [s["source"] for s in result["sources"][:to_request] if s["score"] > 0]
-        if not chosen:
-            raise InvalidRequest("no source drives the behaviour (every score is <= 0); nothing to draft")
         draft = ws.ledger.add_draft({"sources": chosen},
                                     f"attribution {stored.id}: {behaviour.what} on model {model_id}", stored.id)
         result["draft_request"] = {"id": draft, "sources": chosen}

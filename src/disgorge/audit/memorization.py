@@ -12,7 +12,7 @@ than models that never saw it, so the record's own content, not its easiness, is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,11 @@ def heldout_rank(losses: np.ndarray, heldout: np.ndarray) -> np.ndarray:
 
 
 def memorization_audit(task: Task, model: nn.Module, train: RecordDataset, heldout: RecordDataset, *,
-                       references: Sequence[tuple[nn.Module, BitMap]] = (), top: int = 20) -> dict[str, Any]:
+                       references: Sequence[tuple[Callable[[], nn.Module], BitMap]] = (),
+                       top: int = 20) -> dict[str, Any]:
     """Scores of every record of ``train`` on ``model`` against ``heldout``; ``references``: models of the same
-    recipe with the records each was trained on, for the calibrated score."""
+    recipe (each loaded when used, one at a time) with the records each was trained on, for the calibrated
+    score."""
     if len(train) == 0:
         raise InvalidRequest("the model has no live training records to audit")
     if len(heldout) == 0:
@@ -54,7 +56,7 @@ def memorization_audit(task: Task, model: nn.Module, train: RecordDataset, heldo
         unseen = ~np.isin(train.ids, np.fromiter(records, dtype=np.int64, count=len(records)))
         if not unseen.any():
             continue
-        ref_loss = np.asarray(task.evaluate(ref, train.subset(train.ids[unseen]))["loss"], dtype=float)
+        ref_loss = np.asarray(task.evaluate(ref(), train.subset(train.ids[unseen]))["loss"], dtype=float)
         calibrated[unseen] = np.nan_to_num(calibrated[unseen]) + (ref_loss - loss[unseen])
         seen[unseen] += 1
     calibrated = np.where(seen > 0, calibrated / np.maximum(seen, 1), np.nan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from . import bitmap as bm
 from . import fingerprint as fp
 from . import payload as pl
 from .schema import MIGRATIONS, MODEL_KINDS, REBUILDS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 STATES = ("active", "held", "erased")
@@ -652,7 +655,8 @@ class Ledger:
         """Declare an effect probe; refuses a name already taken."""
         blob = {f"inputs.{i}.{k}": v for i, rec in enumerate(inputs) for k, v in rec.items()}
         blob |= {f"baseline.{i}.{k}": v for i, rec in enumerate(baseline or ()) for k, v in rec.items()}
-        meta = {**spec, "n_inputs": len(inputs), "n_baseline": None if baseline is None else len(baseline)}
+        meta = {**spec, "n_inputs": len(inputs), "n_baseline": None if baseline is None else len(baseline),
+                "content": sorted({self.hash_content(pl.encode(r)) for r in [*inputs, *(baseline or ())]})}
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM probes WHERE name=?", (name,)).fetchone():
                 raise InvalidRequest(f"a probe named {name!r} exists; pick another name or `disgorge probe remove "
@@ -679,6 +683,7 @@ class Ledger:
                 part, i, name = key.split(".", 2)
                 parts[part][int(i)][name] = value
             baseline = parts["baseline"] if spec.pop("n_baseline") is not None else None
+            spec.pop("content", None)
             out.append(ProbeRow(r["name"], r["kind"], spec, parts["inputs"], baseline, r["created_at"]))
         return out
 
@@ -823,9 +828,22 @@ class Ledger:
         for m in self.models(status="active"):
             if m.records & ids:
                 self.set_model_status(m.id, "superseded")
+        self._drop_probes_holding(db, ids)
         db.execute("UPDATE requests SET status='erased', completed_at=? WHERE id=?", (stamp, request_id))
         db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                    (CHECKPOINT_PENDING, stamp))
+
+    def _drop_probes_holding(self, db: sqlite3.Connection, ids: BitMap) -> None:
+        """Delete every probe whose inputs hold the content of an erased record (a held-out record erased with
+        ``--include-test`` that a backdoor probe copied): erased means gone from the probes too."""
+        erased: set[str] = set()
+        for part in _chunks(list(ids)):
+            erased |= {h for (h,) in db.execute(f"SELECT hash FROM records WHERE id IN ({','.join('?' * len(part))})",
+                                                part)}
+        for name, spec in db.execute("SELECT name, spec FROM probes").fetchall():
+            if erased & set(json.loads(spec).get("content", ())):
+                db.execute("DELETE FROM probes WHERE name=?", (name,))
+                log.warning("probe %r held erased records' content and was removed with them", name)
 
     def tombstone_count(self) -> int:
         """How many erased contents are remembered."""
