@@ -32,6 +32,14 @@ def _fields(path: str | Path, label: str, attributes: Sequence[str] = ()) -> lis
     return [r.fields for r in load_file(path, label=label, attributes=attributes)]
 
 
+def _group(text: str) -> tuple[str, str]:
+    """``ATTR=VALUE`` as its two parts; a one-line error for anything else."""
+    attribute, sep, value = text.partition("=")
+    if not sep or not attribute or not value:
+        raise InvalidRequest(f"--group takes ATTR=VALUE (e.g. sex=F), got {text!r}")
+    return attribute, value
+
+
 def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, target: int | None = None,
                   baseline: str | Path | None = None, group: str | None = None, label: str = "label",
                   attributes: Sequence[str] = (), help: str = "", base_rate: float | None = None) -> ProbeSpec:
@@ -46,9 +54,7 @@ def declare_probe(ws: Workspace, name: str, file: str | Path | None = None, *, t
     if group is not None:
         if file is not None or target is not None or baseline is not None:
             raise InvalidRequest("a --group probe measures held-out records: give no FILE, --target or --baseline")
-        attribute, sep, value = group.partition("=")
-        if not sep or not attribute or not value:
-            raise InvalidRequest(f"--group takes ATTR=VALUE (e.g. sex=F), got {group!r}")
+        attribute, value = _group(group)
         spec = ProbeSpec(name, "group", help or f"accuracy on held-out records with {attribute}={value}, in percent",
                          {"attribute": attribute, "value": value, "base_rate": base_rate})
     elif file is None:
@@ -159,21 +165,18 @@ def _behaviour(ws: Workspace, task: Task, model: torch.nn.Module, *, probe: str 
     given = [x for x in (probe, group, record) if x is not None]
     if len(given) != 1:
         raise InvalidRequest("attribute one behaviour: --probe NAME, --group ATTR=VALUE or --record ID")
-    heldout = ws.dataset(task, ws.test_ids())
     if probe is not None:
         found = {p.name: p for p in workspace_probes(ws)}
         if probe not in found:
             raise NotFound(f"no probe named {probe!r} in this workspace; see `disgorge probes`")
         try:
-            return found[probe].behaviour(task, heldout)
+            return found[probe].behaviour(task, ws.dataset(task, ws.test_ids()))
         except NotImplementedError as exc:
             raise InvalidRequest(str(exc)) from None
     if group is not None:
-        attribute, sep, value = group.partition("=")
-        if not sep:
-            raise InvalidRequest(f"--group takes ATTR=VALUE, got {group!r}")
+        attribute, value = _group(group)
         row = ProbeSpec("group", "group", "", {"attribute": attribute, "value": value}).row()
-        return PROBE_KINDS.get("group")(row).behaviour(task, heldout)
+        return PROBE_KINDS.get("group")(row).behaviour(task, ws.dataset(task, ws.test_ids()))
     if not 0 <= record < 2**32:
         raise NotFound(f"record id {record} does not exist in this workspace (record ids are below 2**32)")
     (found_record,) = ws.ledger.records(ws.ledger.check_ids([record]))
