@@ -26,6 +26,7 @@ from .errors import DisgorgeError, IntegrityError, InvalidRequest
 from .evidence.certificate import certify, robustness_block, training_seconds, write_certificate
 from .evidence.judge import EXACT, HELDOUT, LEVELS, PURPOSES, NoComparison, Thresholds
 from .evidence.probes import Probe, workspace_probes
+from .evidence.stopping import target_rule
 from .executors import EXECUTORS, get_executor
 from .ledger import ModelRow, now
 from .methods import METHODS, Method, UnlearnRequest, get_method
@@ -579,9 +580,11 @@ def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child
     parent_model, _, task = ws.load_model(parent.id)
     recipe = ws.recipe_of(parent)
     forget_ids, retain_ids = parent.records & request.ids, parent.records - request.ids
+    rule = target_rule(ws, task, parent_model, forget_ids, purpose=request.purpose, probes=request.probes,
+                       thresholds=request.thresholds, seed=recipe.seed)
     unlearn_request = UnlearnRequest(task=task, forget=ws.dataset(task, forget_ids),
                                      retain=ws.dataset(task, retain_ids), train=recipe.train,
-                                     data_info=parent.info["data"], seed=recipe.seed)
+                                     data_info=parent.info["data"], seed=recipe.seed, stop_rule=rule)
     log.info("unlearning %d records from %s with %s", len(forget_ids), parent.id, method.name)
     child_model = method.unlearn(parent_model, unlearn_request)
     # What only the forgotten records put into the model's data facts (vocabulary words) leaves with them.

@@ -18,6 +18,7 @@ from .evidence.certificate import Observation, level_checks, observe
 from .evidence.judge import EXACT, HELDOUT, PURPOSES, HeldOut, NoComparison, Thresholds, heldout_for, verdict
 from .evidence.probes import workspace_probes
 from .evidence.robustness import quantization_attack, relearn_attack
+from .evidence.stopping import rule_for, utility_records
 from .executors import Executor
 from .methods import UnlearnRequest, get_method
 from .methods.registry import parse_variant
@@ -92,12 +93,13 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         model, seconds, extra = p["model"], 0.0, {}
     else:
         request = UnlearnRequest(task=task, forget=p["forget"], retain=p["retain"], train=recipe.train,
-                                 data_info=info, seed=seed)
+                                 data_info=info, seed=seed, stop_rule=_stop_rule(p))
         name, variant = parse_variant(who)
         method = get_method(name, **{**job.options.get(name, {}), **variant})
         model = method.unlearn(p["model"], request)
         seconds = method.seconds_
-        extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps}
+        extra = {"stopped": method.fit_result_.stopped, "steps": method.fit_result_.steps,
+                 "why": method.report_.get("stopping", {}).get("why", "")}
     if job.figures:
         out, extra["figures"] = _verify(p, who, seed, model, extra)
     else:
@@ -106,6 +108,17 @@ def _one(job: Job, p: dict[str, Any], who: str, seed: int) -> dict[str, Any]:
         extra["ta"] = accuracy(task.evaluate(model, p["test"])["correct"])
     return {"seed": seed, "seconds": seconds, "forget_loss": out["loss"].astype(np.float32),
             "forget_confidence": out["confidence"].astype(np.float32), **extra}
+
+
+def _stop_rule(p: dict[str, Any]) -> Any:
+    """The request's stopping rule (:mod:`.evidence.stopping`), as ``forget`` builds it, made once per problem."""
+    if "stop_rule" not in p:
+        held = p["held"]
+        p["stop_rule"] = None if held is None else rule_for(
+            p["task"], p["model"], p["forget"], held.matched, p["test"],
+            utility_records(held, p["test"], p["purpose"].name), purpose=p["purpose"].name, probes=p["probes"],
+            seed=p["recipe"].seed)
+    return p["stop_rule"]
 
 
 def _verify(p: dict[str, Any], who: str, seed: int, model: Any, extra: dict[str, Any]) -> tuple[Any, Any]:

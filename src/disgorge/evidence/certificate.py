@@ -616,6 +616,7 @@ def render_markdown(c: dict[str, Any]) -> str:
         "",
         _time_line(c),
         "",
+        *stopping_lines(c),
         *sharding_lines(c),
         *_privacy_lines(c),
         "| check | measured | value | limit | result |",
@@ -634,6 +635,15 @@ def render_markdown(c: dict[str, Any]) -> str:
     if not c["changed"]:
         lines.insert(2, "**The method changed nothing: the unlearned weights equal the original's.**\n")
     return "\n".join(lines)
+
+
+def stopping_lines(c: dict[str, Any]) -> list[str]:
+    """Why an iterative method stopped, and after how much of its budget (nothing for other methods)."""
+    stop = (c.get("method_report") or {}).get("stopping")
+    if not stop:
+        return []
+    budget = f" of a budget of {stop['budget_steps']}" if stop.get("budget_steps") else ""
+    return [f"Stopped after {stop['steps']} steps{budget}: {stop['why'] or stop['stopped']}.", ""]
 
 
 def sharding_lines(c: dict[str, Any]) -> list[str]:

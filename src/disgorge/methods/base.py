@@ -10,7 +10,7 @@ import sys
 import time
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from ..errors import DisgorgeError, InvalidRequest
 from ..models import adapters
 from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
-from ..training.loop import FitResult, Guard, LossFn, fit, warm_up
+from ..training.loop import FitResult, Guard, LossFn, fit, total_steps, warm_up
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,6 +160,10 @@ class BudgetConfig(MethodConfig):
 
     max_steps: int | None = option(None, "stop after this many optimiser steps", low=1)
     max_seconds: float | None = option(None, "stop after this many seconds of unlearning", low=0)
+    stop: str = option("target", "stop once the request's decisive figures reach their held-out targets on a sample "
+                                 "(target; where the request gives a rule), or always run the whole budget (budget)",
+                       choices=("target", "budget"))
+    checks: int = option(10, "how many times over its budget the target rule is measured", low=1)
 
 
 @dataclass
@@ -208,6 +212,9 @@ class UnlearnRequest:
     train: TrainSpec = field(default_factory=TrainSpec)
     data_info: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    stop_rule: Callable[[nn.Module], str | None] | None = None
+    """Says, given the model being unlearned, why the request's work is done (one line), or None to go on; the
+    workspace builds one from held-out data and the request's probes (:mod:`disgorge.evidence.stopping`)."""
 
     def loader(self, which: str, *, batch_size: int | None = None, shuffle: bool = True) -> DataLoader:
         """A seeded DataLoader over ``forget`` or ``retain``."""
@@ -220,6 +227,35 @@ class UnlearnRequest:
         loader = self.loader(which, batch_size=batch_size)
         while True:
             yield from loader
+
+
+_WHY = {"done": "ran its whole budget of epochs", "max_steps": "reached max_steps",
+        "max_seconds": "reached max_seconds", "guard": "the retain guard stopped it",
+        "early_stop": "the method's own stopping test fired"}
+
+
+class _RuleCheck:
+    """The loop's ``should_stop``: the method's own test, and the request's stopping rule measured every
+    ``total / checks`` steps (its reason kept in ``why``). The rule stops only a model that also keeps its utility
+    (``utility``, the retain guard's check): reaching the forget targets by breaking the model is not done."""
+
+    def __init__(self, rule: Callable[[nn.Module], str | None] | None, model: nn.Module, total: int | None,
+                 checks: int, own: Callable[[], bool] | None,
+                 utility: Callable[[nn.Module], bool] | None = None) -> None:
+        self.rule, self.model, self.total, self.own, self.utility = rule, model, total, own, utility
+        self.every = max(1, math.ceil(total / checks)) if total else 10
+        self.steps, self.why = 0, ""
+
+    def __call__(self) -> bool:
+        self.steps += 1
+        if self.own is not None and self.own():
+            return True
+        if self.rule is None or self.steps % self.every:
+            return False
+        if self.utility is not None and not self.utility(self.model):
+            return False
+        self.why = self.rule(self.model) or ""
+        return bool(self.why)
 
 
 class Method(ABC):
@@ -288,21 +324,31 @@ class Method(ABC):
         """The algorithm, on a private copy of the model."""
 
     def fit(self, model: nn.Module, request: UnlearnRequest, loader: Iterable[Any], loss: LossFn,
-            optimizer: torch.optim.Optimizer, *, epochs: int, guard: bool = True, **kwargs: Any) -> FitResult:
-        """The one training loop with this method's budget (``max_steps``, ``max_seconds``) and, for guarded
-        methods, the retain guard; the result is kept as ``fit_result_``."""
+            optimizer: torch.optim.Optimizer, *, epochs: int, guard: bool = True,
+            should_stop: Callable[[], bool] | None = None, **kwargs: Any) -> FitResult:
+        """The one training loop with this method's budget (``max_steps``, ``max_seconds``), the request's stopping
+        rule (``stop = "target"``: measured ``checks`` times over the budget; ``stopped = "target"`` and the reason
+        in ``report_["stopping"]`` when it fires) and, for guarded methods, the retain guard; the result is kept as
+        ``fit_result_``."""
         cfg = self.config
         if not isinstance(cfg, BudgetConfig):
             raise TypeError(f"method {self.name!r} runs the training loop, so its Config must extend BudgetConfig")
         watch = self.retain_guard(model, request) if guard else None
+        rule = _RuleCheck(request.stop_rule if cfg.stop == "target" else None, model,
+                          total_steps(loader, epochs, cfg.max_steps), cfg.checks, should_stop,
+                          watch.check if watch is not None else None)
         result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
                      max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
                      guard=watch, accelerator=request.task.accelerator(request.train.precision),
-                     **kwargs)
+                     should_stop=rule, **kwargs)
+        if result.stopped == "early_stop" and rule.why:
+            result.stopped = "target"
         if result.stopped == "guard" and isinstance(cfg, GuardedConfig):
             log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
                         "restored the last state that kept it (possibly the original weights: lower the learning "
                         "rate or raise max_retain_drop)", self.name, cfg.max_retain_drop, result.steps)
+        self.report_["stopping"] = {"stopped": result.stopped, "steps": result.steps, "epochs": result.epochs,
+                                    "budget_steps": rule.total, "why": rule.why or _WHY.get(result.stopped, "")}
         self.fit_result_ = result
         return result
 

@@ -99,5 +99,5 @@ class PDU(Method):
             return value
 
         self.fit(model, request, request.loader("retain"), loss, optimizer, epochs=cfg.epochs)
-        self.report_ = {"original_retain_loss": original, "retain_bound": bound, "multiplier": multiplier}
+        self.report_.update({"original_retain_loss": original, "retain_bound": bound, "multiplier": multiplier})
         return model

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..training.loop import make_optimizer, mean_loss
 from ._tools import reinitialise
-from .base import BudgetConfig, Method, UnlearnRequest
+from .base import BudgetConfig, Method, UnlearnRequest, option
 from .registry import register
 
 
@@ -28,7 +28,10 @@ class Retrain(Method):
 
     @dataclass
     class Config(BudgetConfig):
-        """Retraining takes its settings from the original recipe; only the time budget can be set."""
+        """Retraining takes its settings from the original recipe; only the time budget can be set. It runs the
+        recipe's whole schedule (a fresh network starts at the targets, so stopping by them would stop at once)."""
+
+        stop: str = option("budget", "retraining always runs the recipe's whole schedule", choices=("budget",))
 
     def _unlearn(self, model: nn.Module, request: UnlearnRequest) -> nn.Module:
         reinitialise(model)

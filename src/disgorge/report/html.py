@@ -401,6 +401,10 @@ def _cost(cert: dict[str, Any]) -> list[tuple[str, str]]:
         if ratio is not None:
             out.append(("(method + verification) / training",
                         f"{_show(ratio)} ({100 * ratio:.1f}% of training the original)"))
+    stop = (cert.get("method_report") or {}).get("stopping")
+    if stop:
+        budget = f" of {stop['budget_steps']}" if stop.get("budget_steps") else ""
+        out.append(("why the method stopped", f"after {stop['steps']} steps{budget}: {stop['why'] or stop['stopped']}"))
     return out
 
 

@@ -106,7 +106,7 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     """
     result = FitResult()
     budget = _Budget(max_steps, max_seconds, should_stop)
-    total = _total_steps(loader, epochs, max_steps)
+    total = total_steps(loader, epochs, max_steps)
     model.train()
     step = _Step(model, optimizer, loss_fn, after_backward, accelerator)
     loader = step.prepare(loader)
@@ -247,8 +247,8 @@ def _recover(step: _Step, before: tuple[dict[str, torch.Tensor], dict[str, Any]]
                 description, step.optimizer.param_groups[0]["lr"])
 
 
-def _total_steps(loader: Iterable[Any], epochs: int, max_steps: int | None) -> int | None:
-    """How many steps the progress bar expects (None for a loader without a length)."""
+def total_steps(loader: Iterable[Any], epochs: int, max_steps: int | None) -> int | None:
+    """How many steps ``fit`` takes unless it stops early (None for a loader without a length)."""
     try:
         total = len(loader) * epochs  # type: ignore[arg-type]
     except TypeError:
