@@ -29,13 +29,15 @@ test-all: $(STAMP)
 # Regenerates BENCHMARKS.md and benchmarks/results/ from scratch: the classifier scenarios (about 25 minutes on 2
 # cores) and the language-model scenarios people and book (about an hour), the reliability probe, then SISA sharding
 # and differential privacy on mnist and people (about 50 minutes; it adds its rows to summary.json, which
-# `disgorge bench` rewrites, so it runs after it).
+# `disgorge bench` rewrites, so it runs after it); last, the order `--method auto` tries methods in
+# (src/disgorge/methods/auto_order.json) from these results.
 bench: $(STAMP)
 	rm -rf benchmarks/results
 	$(VENV)/bin/disgorge -v bench --out benchmarks/results --report BENCHMARKS.md
 	$(PY) benchmarks/reliability.py --out benchmarks/results --report BENCHMARKS.md
 	$(PY) benchmarks/sharding.py --out benchmarks/results --report BENCHMARKS.md
 	$(PY) benchmarks/audit.py --out benchmarks/results --report BENCHMARKS.md
+	$(PY) -c "from disgorge.bench import write_auto_record; write_auto_record('benchmarks/results')"
 
 # Rewrites src/disgorge/methods/catalogue.json (what `disgorge methods` reads without importing torch) after a
 # method or its options change; tests/test_methods.py fails until it is rewritten.

@@ -4,6 +4,7 @@ and gone with a superseded model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from disgorge import Recipe, Workspace, api, evaluate_model
 from disgorge.errors import DisgorgeError, InvalidRequest
 from disgorge.models import preprocess
-from disgorge.spec import RecipeError
+from disgorge.spec import DataSpec, RecipeError
 from disgorge.tasks import get_task
 
 
@@ -147,3 +148,43 @@ def test_sharding_refuses_statistics_fitted_on_every_record(cancer_ws: Workspace
                               "[train]\nepochs = 2\n[sharding]\nshards = 2\n")
     with pytest.raises(InvalidRequest, match="use scale:K"):
         api.train(cancer_ws, recipe)
+
+
+def _digits_ws(root: Path, factor: float) -> Workspace:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    ws = Workspace.init(root / "ws")
+    api.ingest_file(ws, _csv(root / "digits.csv", x * factor, y), source="digits", license="BSD-3-Clause",
+                    holdout=0.2)
+    return ws
+
+
+def test_the_template_makes_unlearning_independent_of_the_inputs_raw_scale(tmp_path: Path, caplog) -> None:
+    """The same pixels stored at 0-16 and at 0-255: the template recipe standardizes them, so training and
+    unlearning at default settings give the same model either way; without a transform, training warns."""
+    from disgorge import forget
+    from disgorge.spec import RECIPE_TEMPLATES
+
+    recipe = Recipe.from_toml(RECIPE_TEMPLATES["classification"])
+    recipe = recipe.replace(train=dataclasses.replace(recipe.train, epochs=8))
+    assert recipe.data.transform == "standardize"
+    figures = []
+    for factor in (1.0, 255 / 16):
+        (tmp_path / str(factor)).mkdir()
+        with _digits_ws(tmp_path / str(factor), factor) as ws:
+            parent = api.train(ws, recipe)
+            (child,) = forget(ws, random_fraction=0.05, method="l1_sparse", verify="none").children
+            assert child.weights_sha256 != parent.weights_sha256, "the retain guard rolled the method back"
+            model, _, task = ws.load_model(child.id)
+            forgotten = ws.ledger.record_ids(sources=["digits"], split=None, states=("erased",))
+            assert len(forgotten) > 0
+            figures.append({"test": task.quick_accuracy(model, ws.dataset(task, ws.test_ids())),
+                            "retain": task.quick_accuracy(model, ws.dataset(task, child.records))})
+    small, large = figures
+    for key in ("test", "retain"):
+        assert abs(small[key] - large[key]) <= 0.5, (key, small[key], large[key])
+
+    with caplog.at_level("WARNING"), _digits_ws(tmp_path / "raw", 255 / 16) as ws:
+        api.train(ws, recipe.replace(data=DataSpec()))
+    assert any("prepares none" in r.getMessage() and "standardize" in r.getMessage() for r in caplog.records)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import poisoner_request
 
+from conftest import poisoner_request
 from disgorge import forget
 from disgorge.erasure import ensure_reference
 from disgorge.evidence.certificate import render_markdown
@@ -28,7 +28,7 @@ def test_rule_does_not_stop_the_original_and_stops_a_retrained_model(backdoor_ws
     far above its base rate), a model retrained without the poisoner is at them."""
     ws = backdoor_ws
     rule = _rule(ws, trained_id)
-    assert rule is not None and rule.figures == ["effect"]
+    assert rule is not None and list(rule.limits) == ["effect"]
     original, _, _ = ws.load_model(trained_id)
     assert rule(original) is None
     retain = ws.ledger.model(trained_id).records - ws.select(sources=["contributor-07"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -15,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from . import methods as methods_package
 from ._io import atomic_write_text
 from .api import ingest_scenario, train
+from .erasure import AUTO_MARGIN, AUTO_RECORD, AUTO_TOTAL, VERDICT_ORDER, auto_candidates
 from .errors import InvalidRequest
 from .evaluate.metrics import avg_gap
 from .evidence.certificate import processor
@@ -31,7 +34,8 @@ from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "bias", "people", "book")
+DEFAULT_SCENARIOS = ("digits-backdoor", "digits-classwise", "mnist", "bias", "people", "people-forget05",
+                     "people-forget01", "book")
 BENCH_MARKER = ".disgorge-bench"
 """File :func:`run_bench` leaves in the ``work`` folder it makes: only a folder carrying it (or an empty one) is
 deleted without ``force``."""
@@ -111,7 +115,11 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Executor, w
                                for problem, seed in zip(problems, seeds, strict=True)],
                          description=f"{scenario}: methods x seeds")
     per_seed = [{r["who"]: _light(r) for r in cell} for cell in cells]
+    share = len(problems[0].forget) / prepared[0]["records"]
     rows = _aggregate(scenario, per_seed, methods)
+    auto = auto_row(scenario, per_seed, methods, share)
+    if auto is not None:
+        rows.append(auto)
     strong: dict[str, Any] = {}
     if strong_models:
         # The per-example test costs K runs of each method and K retrainings; a method that does not close any of
@@ -126,7 +134,8 @@ def bench_scenario(scenario: str, settings: BenchSettings, executor: Executor, w
                                                                            "ulira_auc")})
             if row["method"] in methods and row["method"] not in strong and "refused" not in row:
                 row["strong_skipped"] = "no better than the original (Avg Gap)"
-    return {"scenario": scenario, "task": case.recipe().task, "seeds": seeds, "forgotten": len(problems[0].forget),
+    return {"scenario": scenario, "task": case.recipe().task, "purpose": case.purpose, "seeds": seeds,
+            "forgotten": len(problems[0].forget), "training_records": prepared[0]["records"],
             "train_seconds": [p["train_seconds"] for p in prepared], "rows": rows, "per_seed": per_seed,
             "strong": strong}
 
@@ -141,7 +150,8 @@ def prepare(job: tuple[str, str, int, str | None]) -> dict[str, Any]:
         ingest_scenario(ws, scenario)
         row = train(ws, case.recipe().replace(seed=seed))
         forget = case.forget_ids(ws, seed)
-    return {"root": root, "model": row.id, "forget": sorted(int(i) for i in forget), "train_seconds": row.seconds}
+    return {"root": root, "model": row.id, "forget": sorted(int(i) for i in forget), "train_seconds": row.seconds,
+            "records": len(row.records)}
 
 
 def _light(result: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +193,80 @@ def _aggregate(scenario: str, per_seed: list[dict[str, Any]], methods: list[str]
                     "avg_gap": 0.0, "time_ratio": 1.0, "forget_score": None,
                     "seconds": _mean([s["reference"]["seconds"] for s in per_seed])})
     return rows
+
+
+def auto_row(scenario: str, per_seed: list[dict[str, Any]], methods: list[str], share: float) -> dict[str, Any] | None:
+    """What ``--method auto`` with reference-free verification would have chosen and paid on each seed, replayed
+    from the methods' own runs: candidates in :func:`~disgorge.erasure.auto_candidates` order (the order the
+    package's bench record gives), each costing its seconds plus its reference-free verification's, until one passes
+    with every decisive figure within :data:`~disgorge.erasure.AUTO_MARGIN` of its limit or the spending reaches
+    :data:`~disgorge.erasure.AUTO_TOTAL` trainings (else the best verdict and score). The row's figures are the
+    chosen models'; ``time_ratio`` is the whole cost over retraining. None when fewer than two candidates ran."""
+    case = get_scenario(scenario)
+    order = [m for m in auto_candidates(case.recipe().task, case.purpose, share) if m in methods]
+    if len(order) < 2 or any("verdicts" not in s.get(m, {}) and "refused" not in s.get(m, {}) for s in per_seed
+                             for m in order):
+        return None
+    keys = get_task(case.recipe().task).figures
+    chosen, costs, tried = [], [], []
+    for s in per_seed:
+        pick, spent, count, budget = None, 0.0, 0, AUTO_TOTAL * s["reference"]["seconds"]
+        ranked: list[tuple[tuple[int, float], str]] = []
+        for m in order:
+            cell = s[m]
+            if "refused" in cell:
+                continue
+            count += 1
+            spent += cell["seconds"] + cell.get("verify_seconds", 0.0)
+            verdict, worst = cell["verdicts"].get("heldout"), cell.get("scores", {}).get("heldout")
+            ranked.append(((VERDICT_ORDER.get(verdict or "failed", 2), math.inf if worst is None else worst), m))
+            if verdict == "passed" and worst is not None and worst <= AUTO_MARGIN:
+                pick = m
+                break
+            if spent >= budget:
+                break
+        chosen.append(pick or min(ranked)[1])
+        costs.append(spent / s["reference"]["seconds"])
+        tried.append(count)
+    figs = {k: _mean([s[m]["figures"].get(k) for s, m in zip(per_seed, chosen, strict=True)]) for k in keys.keys}
+    reference = {k: _mean([s["reference"]["figures"].get(k) for s in per_seed]) for k in keys.keys}
+    gap = avg_gap(figs, reference, keys.gap) if all(figs[k] is not None for k in keys.gap) else None
+    passed = [s[m]["verdicts"].get("heldout") == "passed" for s, m in zip(per_seed, chosen, strict=True)]
+    return {"scenario": scenario, "method": "auto", "seeds": len(per_seed), **figs,
+            "avg_gap": None if gap is None else round(gap, 4), "time_ratio": _mean(costs), "forget_score": None,
+            "heldout_passed": round(sum(passed) / len(passed), 4), "verified_cost_ratio": _mean(costs),
+            "auto_chosen": chosen, "auto_tried": _mean(tried), "auto_order": order}
+
+
+def auto_record(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The package's record of which methods did best on each bench scenario (what ``--method auto`` tries first on
+    a similar request): methods ranked by the share of seeds passed reference-free, then exactly, then Avg Gap,
+    then time; methods a scenario refused are left out."""
+    scenarios = []
+    for result in results:
+        rows = [r for r in result["rows"] if r["method"] in METHODS.names() and r["method"] != "retrain"
+                and "refused" not in r]
+
+        def rank(r: dict[str, Any]) -> tuple[float, float, float, float]:
+            return (-(r.get("heldout_passed") or 0.0), -(r.get("exact_passed") or 0.0),
+                    math.inf if r.get("avg_gap") is None else r["avg_gap"],
+                    math.inf if r.get("time_ratio") is None else r["time_ratio"])
+
+        trained = result.get("training_records")
+        case = get_scenario(result["scenario"])
+        scenarios.append({"scenario": result["scenario"], "task": result.get("task", case.recipe().task),
+                          "purpose": result.get("purpose", case.purpose),
+                          "forget_share": round(result["forgotten"] / trained, 6) if trained else None,
+                          "order": [r["method"] for r in sorted(rows, key=rank)]})
+    return {"written_by": "make bench (disgorge.bench.write_auto_record)", "scenarios": scenarios}
+
+
+def write_auto_record(out: Path | str, target: Path | None = None) -> Path:
+    """Write :func:`auto_record` of the results in ``out`` to the package's ``methods/auto_order.json`` (or
+    ``target``)."""
+    path = target or Path(methods_package.__file__).with_name(AUTO_RECORD)
+    atomic_write_text(path, json.dumps(auto_record(scenario_results(Path(out))), indent=1) + "\n")
+    return path
 
 
 def _group_gap(scenario: str, per_seed: list[dict[str, Any]], who: str) -> dict[str, float | None]:

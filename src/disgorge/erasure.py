@@ -12,11 +12,14 @@ Order of work, so that a failure at any step erases nothing and leaves no half-w
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from pyroaring import BitMap
@@ -42,6 +45,10 @@ AUTO = "auto"
 SISA = "sisa"
 """The method of a sharded model's removals: retrain the affected shards (exact)."""
 AUTO_BUDGET = 0.5  # each candidate of --method auto may take this share of the original training time
+AUTO_MARGIN = 0.5
+"""``auto`` stops trying once a candidate passes with every decisive figure within this share of its limit."""
+AUTO_TOTAL = 1.0
+"""``auto`` tries no further candidate once it has spent this many times the original's training time."""
 AUTO_OPTIONS = ("max_steps", "max_seconds", "max_retain_drop")  # the options auto passes to every candidate
 EXACT_BUDGET = 60.0
 """``verify="auto"`` retrains a reference only for models whose training took at most this many seconds."""
@@ -481,9 +488,39 @@ def _auto(options: dict[str, Any], budget_fraction: float, verify: bool) -> Unle
     return lambda request, parent: _auto_one(request, parent, options, budget_fraction)
 
 
-def auto_candidates() -> list[str]:
-    """Methods ``auto`` tries: every registered method except exact retraining."""
-    return [name for name in METHODS.names() if name != "retrain"]
+def auto_candidates(task: str | None = None, purpose: str | None = None, share: float | None = None) -> list[str]:
+    """Methods ``auto`` tries, in the order it tries them: every registered method except exact retraining, those
+    that did best on the most similar bench request first (:func:`bench_order`), the rest in registry order."""
+    names = [name for name in METHODS.names() if name != "retrain"]
+    ranked = [m for m in bench_order(task, purpose, share) if m in names]
+    return ranked + [m for m in names if m not in ranked]
+
+
+AUTO_RECORD = "auto_order.json"
+"""The bench's record of which methods did best on each bundled scenario (``disgorge.methods`` package data,
+rewritten by ``make bench``)."""
+
+
+def bench_order(task: str | None, purpose: str | None, share: float | None,
+                record: dict[str, Any] | None = None) -> list[str]:
+    """The methods of the bench scenario most like a request (same task, then same purpose, then the nearest
+    forget share on a log scale), best first; empty without a record or a scenario of the task. ``record``
+    defaults to the one the package ships (:data:`AUTO_RECORD`)."""
+    if record is None:
+        try:
+            text = resources.files("disgorge.methods").joinpath(AUTO_RECORD).read_text(encoding="utf-8")
+            record = json.loads(text)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+    cases = [c for c in record.get("scenarios", []) if task is None or c["task"] == task]
+    if not cases:
+        return []
+
+    def distance(case: dict[str, Any]) -> tuple[int, float]:
+        share_gap = abs(math.log(case["forget_share"] / share)) if share and case.get("forget_share") else 0.0
+        return int(purpose is not None and case["purpose"] != purpose), share_gap
+
+    return list(min(cases, key=distance)["order"])
 
 
 def _candidate(name: str, options: dict[str, Any]) -> Method:
@@ -502,9 +539,21 @@ def _auto_one(request: _Request, parent: ModelRow, options: dict[str, Any],
     budget = max(budget_fraction * training, 0.05)
     tried: list[dict[str, Any]] = []
     best: tuple[_Child, Certificate] | None = None
+    share = len(parent.records & request.ids) / max(len(parent.records), 1)
+    candidates = auto_candidates(parent.task, request.purpose, share)
+    # a reference trained for the first candidate's verification is a one-off cost of the request, not of choosing
+    cached = ws.ledger.find_reference(parent.recipe_sha256, parent.records - request.ids) is not None
+    why = f"tried every candidate ({len(candidates)})"
     try:
-        for name in auto_candidates():
+        for name in candidates:
             best = _auto_try(request, parent, name, {"max_seconds": budget, **options}, tried, best)
+            if best is not None and best[1]["verdict"] == "passed" and (best[1]["score"] or 0.0) <= AUTO_MARGIN:
+                why = (f"{best[1]['method']} passed with margin (worst decisive figure at {best[1]['score']} of its "
+                       f"limit, at most {AUTO_MARGIN})")
+                break
+            if _spent(started, tried, cached) >= AUTO_TOTAL * training:
+                why = f"spent {AUTO_TOTAL:g} x the original's training time; kept the best so far"
+                break
     except BaseException:
         if best is not None:
             shutil.rmtree(ws.model_dir(best[0].row.id), ignore_errors=True)
@@ -518,11 +567,18 @@ def _auto_one(request: _Request, parent: ModelRow, options: dict[str, Any],
     # The whole cost of choosing: every candidate's unlearning and verification (reference training included), and
     # the winner's robustness attacks; what a user pays for `auto`, beside the chosen method's own seconds.
     cert["auto"] = {"budget_seconds_each": round(budget, 4), "chosen": cert["method"], "candidates": tried,
+                    "order": candidates, "stopped": why,
                     "total_seconds": round(sum(t.get("seconds", 0.0) for t in tried), 4),
                     "verification_seconds": round(sum(t.get("verification_seconds", 0.0) for t in tried), 4),
                     "wall_seconds": round(wall, 4), "training_seconds": round(training, 4),
                     "whole_time_ratio": _ratio(wall, training)}
     return child, cert
+
+
+def _spent(started: float, tried: list[dict[str, Any]], cached: bool) -> float:
+    """Seconds ``auto`` has spent choosing, less the reference's training when it trained one."""
+    reference = 0.0 if cached else max((t.get("reference_seconds") or 0.0 for t in tried), default=0.0)
+    return time.perf_counter() - started - reference
 
 
 def _auto_try(request: _Request, parent: ModelRow, name: str, options: dict[str, Any], tried: list[dict[str, Any]],
@@ -538,6 +594,7 @@ def _auto_try(request: _Request, parent: ModelRow, name: str, options: dict[str,
     tried.append({"method": name, "avg_gap": cert["avg_gap"], "score": cert["score"],
                   "seconds": cert["seconds"]["method"],
                   "verification_seconds": cert["seconds"].get("verification") or 0.0,
+                  "reference_seconds": cert["seconds"].get("retrain"),
                   "verdict": cert["verdict"], "passed": cert["passed"],
                   "effect": cert["metrics"]["unlearned"]["effect"],
                   "ta": cert["metrics"]["unlearned"][unlearned.task.figures.test]})

@@ -4,6 +4,7 @@ retrained and K unlearned models as such jobs."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from .errors import InvalidRequest
 from .evaluate.metrics import accuracy
 from .evaluate.strong import strong_scores
 from .evidence.certificate import Observation, level_checks, observe
-from .evidence.judge import EXACT, HELDOUT, PURPOSES, HeldOut, NoComparison, Thresholds, heldout_for, verdict
+from .evidence.judge import EXACT, HELDOUT, PURPOSES, HeldOut, NoComparison, Thresholds, heldout_for, score, verdict
 from .evidence.probes import workspace_probes
 from .evidence.robustness import quantization_attack, relearn_attack
 from .evidence.stopping import rule_for, utility_records
@@ -148,29 +149,33 @@ def _verify(p: dict[str, Any], who: str, seed: int, model: Any, extra: dict[str,
             "quantized": quantization_attack(task, models, p["forget"], matched, p["test"], p["probes"])}
         seconds += time.perf_counter() - started + p["original_seconds"][seed]
         extra["verify_seconds"] = seconds
-        extra["verdicts"] = _verdicts(p, seen, obs, model, seed)
+        extra["verdicts"], extra["scores"] = _verdicts(p, seen, obs, model, seed)
     if who == "reference":
         p.setdefault("reference_models", {})[seed] = model
     return obs.measurement.forget, obs.measurement.figures
 
 
 def _verdicts(p: dict[str, Any], seen: dict[str, Observation], obs: Observation, model: Any,
-              seed: int) -> dict[str, str | None]:
-    """The verdict of one method's model at each level (None where a level cannot judge this request)."""
+              seed: int) -> tuple[dict[str, str | None], dict[str, float | None]]:
+    """The verdict of one method's model at each level (None where a level cannot judge this request) and its
+    score there (:func:`.evidence.judge.score`: the worst decisive distance in units of its limit)."""
     task, original = p["task"], seen["original"]
     changed = any(not a.equal(b) for a, b in zip(p["model"].state_dict().values(), model.state_dict().values(),
                                                  strict=True))
     out: dict[str, str | None] = {}
+    scores: dict[str, float | None] = {}
     for level in (EXACT, HELDOUT):
         if (level == EXACT and "reference" not in seen) or (level == HELDOUT and p["held"] is None):
-            out[level] = None
+            out[level] = scores[level] = None
             continue
         named = {"original": original, "unlearned": obs, **({"reference": seen["reference"]} if level == EXACT
                                                             else {})}
         checks = level_checks(task, p["purpose"], level, named, p["probes"], Thresholds(), changed=changed,
                               seed=seed)
         out[level] = verdict(checks)
-    return out
+        worst = score(checks)
+        scores[level] = worst if math.isfinite(worst) else None
+    return out, scores
 
 
 def strong_test(problem: Problem, methods: list[str], k: int, executor: Executor, label: str = "",

@@ -418,8 +418,9 @@ seed = 0                       # seeds the initialisation and the shuffling
 sources = []                   # e.g. ["lab-2024", "clinic-b"]  (see `disgorge sources`)
 exclude_sources = []           # e.g. ["withdrawn-2025"]
 # How inputs are prepared, fitted on the training records only and kept inside the model (every later use of the
-# model applies it; an erasure refits it on what is kept). Leave both out to use the inputs as stored.
-# transform = "standardize"    # standardize (zero mean, unit variance per feature) | minmax | scale:K (divide by K)
+# model applies it; an erasure refits it on what is kept). Standardizing makes training and unlearning defaults
+# independent of the inputs' raw scale (pixels at 0-255, counts, money); delete the line to use inputs as stored.
+transform = "standardize"      # standardize (zero mean, unit variance per feature) | minmax | scale:K (divide by K)
 # shape = [1, 28, 28]          # the shape the network sees: flat rows of 784 pixels become images for a cnn
 
 [model]

@@ -10,6 +10,7 @@ certificate, measured on every record afterwards, still decides; the rule only s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 from pyroaring import BitMap
 from torch import nn
 
+from ..evaluate.intervals import auc_statistic, mean_difference
 from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
 from .judge import (
@@ -26,6 +28,7 @@ from .judge import (
     ProbeOutcomes,
     Thresholds,
     decisive_figures,
+    effect_key,
     estimates,
     heldout_for,
     heldout_targets,
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE = 256
 """Forget and matched held-out records the rule measures at each check (at most)."""
+LM_SAMPLE = 64
+"""The same for language models, whose figures generate text."""
 UTILITY_DROP = 1.0
 """Points of held-out accuracy (outside the forget set's kind) the model may have lost when the rule stops it: a
 method whose retain term is still repairing the model goes on."""
@@ -45,17 +50,16 @@ method whose retain term is still repairing the model goes on."""
 @dataclass
 class TargetRule:
     """Whether a model being unlearned has reached the held-out targets of the request's decisive figures; called
-    with the model, it returns why it stopped (one line) or None to go on."""
+    with the model, it returns why it stopped (one line) or None to go on. ``limits`` hold, per figure, how close
+    to its target the figure must come, fixed from the original's intervals when the rule is made, so that each
+    check measures point values only (no bootstrap)."""
 
     task: Task
     forget: RecordDataset
     matched: RecordDataset
     test: RecordDataset
     probes: Sequence[Probe]
-    figures: list[str]
-    original: dict
-    original_target: dict
-    thresholds: Thresholds
+    limits: dict[str, float]
     utility: RecordDataset
     utility_original: float
     max_drop: float = UTILITY_DROP
@@ -67,31 +71,39 @@ class TargetRule:
             kept = self.task.quick_accuracy(model, self.utility)
             if kept < self.utility_original - self.max_drop:
                 return None
-            found, target = _estimates(self.task, model, self.forget, self.matched, self.test, self.probes)
+            values, targets = _points(self.task, model, self.forget, self.matched, self.test, self.probes)
         finally:
             model.train(was_training)
         said = []
-        for figure in self.figures:
-            check = judge(figure, found[figure], self.original[figure], target[figure],
-                          self.original_target[figure], self.thresholds)
-            if check is None or check["value"] > self._limit(figure, check):
+        for figure, limit in self.limits.items():
+            value, target = values.get(figure, math.nan), targets.get(figure, math.nan)
+            if not abs(value - target) <= limit:  # NaN never passes
                 return None
-            said.append(f"{figure} {check['figure']:.1f} (target {check['target']:.1f})")
+            said.append(f"{figure} {value:.1f} (target {target:.1f})")
         return ("the decisive figures reached their held-out targets on a sample: " + "; ".join(said)
                 + f"; held-out accuracy {kept:.1f} (original {self.utility_original:.1f})")
 
-    def _limit(self, figure: str, check: dict) -> float:
-        """Stricter than the certificate's limit: the figure's floor or half the sample's noise (a sample is noisier
-        than the whole forget set the certificate measures); closing most of the original's distance is not enough
-        to stop, since more steps usually close the rest."""
-        return max(self.thresholds.floor(figure), 0.5 * check["noise"])
 
-
-def _estimates(task: Task, model: nn.Module, forget: RecordDataset, matched: RecordDataset, test: RecordDataset,
-               probes: Sequence[Probe]) -> tuple[dict, dict]:
+def _points(task: Task, model: nn.Module, forget: RecordDataset, matched: RecordDataset, test: RecordDataset,
+            probes: Sequence[Probe]) -> tuple[dict[str, float], dict[str, float]]:
+    """The decisive figures' point values on one model (as :func:`.judge.estimates` measures them) and their
+    held-out targets."""
     outcomes = [ProbeOutcomes.measure(p, model, task, test) for p in probes]
-    found = estimates(task, task.evaluate(model, forget), task.evaluate(model, matched), outcomes)
-    return found, heldout_targets(task, outcomes)
+    on_forget, on_matched = task.evaluate(model, forget), task.evaluate(model, matched)
+    key = task.figures.membership
+    values = {"membership": float(auc_statistic(_clean(on_forget[key]), _clean(on_matched[key]))),
+              "parity": float(mean_difference(_clean(on_forget["correct"]), _clean(on_matched["correct"])))}
+    if task.figures.verbatim is not None:
+        v = task.figures.verbatim
+        values["verbatim"] = float(mean_difference(_clean(on_forget[v]), _clean(on_matched[v])))
+    for i, o in enumerate(outcomes):
+        values[effect_key(probes, i)] = float(np.mean(_clean(o.hits)) * 100) if len(_clean(o.hits)) else math.nan
+    return values, {k: e.value for k, e in heldout_targets(task, outcomes).items()}
+
+
+def _clean(values: np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[~np.isnan(arr)]
 
 
 def target_rule(ws: Workspace, task: Task, original: nn.Module, forget_ids: BitMap, *, purpose: str,
@@ -117,19 +129,25 @@ def rule_for(task: Task, original: nn.Module, forget: RecordDataset, matched: Re
     cannot stop it: a figure without a target, or an original already within the noise of every target (a request
     too small to tell apart, where stopping at once would change nothing)."""
     thresholds = thresholds or Thresholds()
+    if task.figures.verbatim is not None:  # a language model's figures generate text: a smaller sample
+        sample = min(sample, LM_SAMPLE)
     rng = np.random.default_rng(seed)
     forget, matched, utility = _draw(forget, sample, rng), _draw(matched, sample, rng), _draw(utility, 2 * sample, rng)
     goal = PURPOSES[purpose]
     figures = decisive_figures(goal, task, probes) if not goal.needs_probe or probes else []
     if not figures or len(forget) == 0 or len(matched) == 0:
         return None
-    found, target = _estimates(task, original, forget, matched, test, probes)
-    checks = [judge(f, found[f], found[f], target[f], target[f], thresholds) if f in target else None
-              for f in figures]
-    if any(c is None for c in checks) or all(c["indistinguishable"] for c in checks):
+    outcomes = [ProbeOutcomes.measure(p, original, task, test) for p in probes]
+    found = estimates(task, task.evaluate(original, forget), task.evaluate(original, matched), outcomes, seed=seed)
+    target = heldout_targets(task, outcomes)
+    checks = {f: judge(f, found[f], found[f], target[f], target[f], thresholds) if f in target else None
+              for f in figures}
+    if any(c is None for c in checks.values()) or all(c["indistinguishable"] for c in checks.values()):
         return None
-    return TargetRule(task, forget, matched, test, probes, figures, found, target, thresholds, utility,
-                      task.quick_accuracy(original, utility))
+    # Stricter than the certificate: the floor or half the noise, no credit for closing most of the distance
+    # (more steps usually close the rest); the noise is the original's, the unlearned model's is alike.
+    limits = {f: max(thresholds.floor(f), 0.5 * c["noise"]) for f, c in checks.items()}
+    return TargetRule(task, forget, matched, test, probes, limits, utility, task.quick_accuracy(original, utility))
 
 
 def utility_records(held: HeldOut, test: RecordDataset, purpose: str) -> RecordDataset:

@@ -111,6 +111,41 @@ def targets(result: dict[str, Any]) -> list[str]:
     return [line + "."]
 
 
+def auto_lines(result: dict[str, Any]) -> list[str]:
+    """What ``--method auto`` chose and paid on each seed (its row, replayed from the methods' runs), if it ran."""
+    auto = next((r for r in result["rows"] if r["method"] == "auto"), None)
+    if auto is None:
+        return []
+    return [f"`auto` is replayed from these runs as `--method auto` with reference-free verification would go: "
+            f"candidates in the package's bench order ({', '.join(auto['auto_order'][:4])}, ...), each costing its "
+            "own seconds plus its verification's, stopping at the first that passes with margin. It chose "
+            f"{', '.join(auto['auto_chosen'])} (per seed) after {_fmt(auto['auto_tried'], 1)} candidates on average; "
+            f"its time / retrain ({_fmt(auto['time_ratio'], 3)}) is that whole cost.", ""]
+
+
+PASS_TARGET_SCENARIOS = ("people-forget01",)
+"""Scenarios whose target is a request passing verification at defaults, with ``auto`` finding it within one
+retraining's cost."""
+
+
+def pass_target(result: dict[str, Any]) -> list[str]:
+    """The small-request target: some method passes verification (exact, every seed) at its defaults, and ``auto``
+    finds a passing model within the cost of one retraining."""
+    if result["scenario"] not in PASS_TARGET_SCENARIOS:
+        return []
+    rows = [r for r in result["rows"] if "refused" not in r and r["method"] not in ("original", "reference", "retrain",
+                                                                                     "auto")]
+    passing = [r["method"] for r in rows if (r.get("exact_passed") or 0) >= 1 or (r.get("heldout_passed") or 0) >= 1]
+    auto = next((r for r in result["rows"] if r["method"] == "auto"), None)
+    auto_ok = auto is not None and (auto.get("heldout_passed") or 0) >= 1 and (auto["time_ratio"] or 9) <= 1.0
+    text = ("a method passes verification at its defaults on every seed, and `auto` finds a passing model within the "
+            "cost of one retraining")
+    said = (f"passing: {', '.join(passing) or 'none'}; auto: "
+            + ("not run" if auto is None else f"passed on {_fmt(100 * (auto.get('heldout_passed') or 0), 0)}% of "
+               f"seeds at {_fmt(auto['time_ratio'], 3)} of retraining"))
+    return [f"Target ({text}): **{'met' if passing and auto_ok else 'missed'}** ({said}).", ""]
+
+
 def lm_targets(result: dict[str, Any], rows: dict[str, dict[str, Any]], methods: list[dict[str, Any]]) -> list[str]:
     """Language-model targets: forget quality with retain accuracy held (people), verbatim memorisation at the
     retrained level with the rest held (book)."""
@@ -253,7 +288,7 @@ def write_report(results_dir: Path, report: Path, *, command: str, machine: dict
                   f"{sum(result['train_seconds']) / len(result['train_seconds']):.1f} s on average; "
                   + (f"strong test with K = {k} models per side; " if k else "no strong test; ")
                   + f"scenario wall time {result['wall_seconds'] / 60:.1f} min.", ""]
-        lines += [*scenario_table(result), "", *targets(result), ""]
+        lines += [*scenario_table(result), "", *auto_lines(result), *targets(result), *pass_target(result), ""]
     lines += verification_section(results, Path(results_dir) / "verification.json")
     atomic_write_text(report, "\n".join(lines))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ from ..models.registry import MODELS
 from ..spec import DataSpec, ModelSpec
 from .base import Batch, RecordDataset, Task
 from .registry import TASKS
+
+log = logging.getLogger(__name__)
 
 
 @TASKS.register("classification")
@@ -64,6 +67,7 @@ class ClassificationTask(Task):
             facts = preprocess.fit_transform(prep.transform, prep.shape, data.tensors["x"].numpy())
             if facts is not None:
                 info["transform"] = facts
+            _warn_unscaled(prep, data.tensors["x"])
         distinct = int(torch.unique(y).numel())
         if info["num_classes"] > 10 * distinct:
             raise InvalidRequest(f"a training record is labelled {info['num_classes'] - 1}, which implies "
@@ -173,6 +177,7 @@ class ClassificationTask(Task):
         return {**batch, "y": (y + shift) % num_classes}
 
 
+
 def labelled_fields(records: Sequence[Record], field: str, kind: str) -> tuple[list[Any], list[int]]:
     """Each record's ``field`` and integer label ``y``; a one-line error for an erased record or one of another
     kind (``kind`` names the task in it)."""
@@ -229,3 +234,19 @@ def _inputs_and_labels(data: Any) -> tuple[np.ndarray, np.ndarray]:
                              f"TensorDataset or a DataLoader of such batches; got {type(data).__name__}")
     x, y = (np.asarray(torch.as_tensor(t).detach().cpu()) for t in data)
     return x.astype(np.float32, copy=False), y
+
+
+RAW_SCALE = 10.0
+"""Inputs whose largest magnitude exceeds this, fed to the network as stored, draw a warning at training."""
+
+
+def _warn_unscaled(prep: DataSpec, x: torch.Tensor) -> None:
+    """Warn when a recipe feeds large raw inputs (pixels at 0-255, counts, money) to the network unprepared:
+    unlearning steps of default size then move its first layer far more than on unit-scale inputs, and the retain
+    guard may roll the methods back to the original."""
+    if prep.transform or not x.is_floating_point() or x.numel() == 0:
+        return
+    largest = float(x.abs().max())
+    if largest > RAW_SCALE:
+        log.warning("the inputs reach %g and the recipe prepares none: add transform = \"standardize\" under [data] "
+                    "so that training and unlearning defaults do not depend on the inputs' raw scale", largest)
