@@ -91,3 +91,22 @@ def test_auto_stops_once_a_candidate_passes_with_margin(backdoor_ws, monkeypatch
     assert auto["order"] == ["grad_diff", "scrub", "ssd"] and auto["chosen"] == "grad_diff"
     assert auto["stopped"].startswith("grad_diff passed with margin")
     assert result.certificates[0]["passed"]
+
+
+def test_the_small_request_target_counts_default_methods_and_auto_within_one_retraining():
+    from disgorge.report.benchmarks import pass_target
+
+    def result(*rows):
+        return {"scenario": "people-forget01", "rows": [{"method": "original"}, {"method": "reference"}, *rows]}
+
+    variant_only = result({"method": "idk[loss=dpo]", "heldout_passed": 1.0},
+                          {"method": "retrain", "exact_passed": 1.0},
+                          {"method": "auto", "heldout_passed": 1.0, "time_ratio": 0.4})
+    assert "**missed**" in pass_target(variant_only)[0] and "passing: none" in pass_target(variant_only)[0]
+    too_dear = result({"method": "npo", "exact_passed": 1.0}, {"method": "auto", "heldout_passed": 1.0,
+                                                               "time_ratio": 1.3})
+    assert "**missed**" in pass_target(too_dear)[0] and "passing: npo" in pass_target(too_dear)[0]
+    met = result({"method": "npo", "exact_passed": 1.0}, {"method": "auto", "heldout_passed": 1.0,
+                                                          "time_ratio": 0.6})
+    assert "**met**" in pass_target(met)[0]
+    assert pass_target({"scenario": "people", "rows": []}) == []

@@ -97,6 +97,7 @@ def test_bench_on_a_language_model_scenario_reports_tofu_and_muse_figures(tmp_pa
     assert "| npo |" in text and "Target (forget quality >= 0.5" in text and "`pytest lm` (people-mini" in text
 
 
+@pytest.mark.slow  # ~35 s, most of it starting Ray; `make test-all` runs it
 def test_local_and_ray_executors_give_identical_results(backdoor_template):
     """The same strong test through a local pool and a local Ray instance gives the same numbers."""
     pytest.importorskip("ray")
@@ -117,6 +118,7 @@ def test_local_and_ray_executors_give_identical_results(backdoor_template):
     assert results["local"]["ssd"]["models"] == 3
 
 
+@pytest.mark.slow  # ~35 s; the bench test above computes F through the same strong test
 def test_verify_strong_adds_per_example_scores(backdoor_ws):
     """`verify --strong` on a held request adds F, the final score and U-LiRA to the certificate."""
     result = forget(backdoor_ws, sources=["contributor-07"], method="grad_diff", erase=False)

@@ -133,8 +133,9 @@ def pass_target(result: dict[str, Any]) -> list[str]:
     finds a passing model within the cost of one retraining."""
     if result["scenario"] not in PASS_TARGET_SCENARIOS:
         return []
-    rows = [r for r in result["rows"] if "refused" not in r and r["method"] not in ("original", "reference", "retrain",
-                                                                                     "auto")]
+    # at defaults: a variant (``npo[forget_span=key]``) sets options, and retraining is the exact baseline
+    rows = [r for r in result["rows"] if "refused" not in r and "[" not in r["method"]
+            and r["method"] not in ("original", "reference", "retrain", "auto")]
     passing = [r["method"] for r in rows if (r.get("exact_passed") or 0) >= 1 or (r.get("heldout_passed") or 0) >= 1]
     auto = next((r for r in result["rows"] if r["method"] == "auto"), None)
     auto_ok = auto is not None and (auto.get("heldout_passed") or 0) >= 1 and (auto["time_ratio"] or 9) <= 1.0
