@@ -270,6 +270,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=600, check=False)
 
 
+@pytest.mark.slow  # ~95 s of command-line runs; the API tests above cover each audit, `make test-all` runs it
 def test_cli_probe_audit_attribute_and_request(backdoor_ws: Workspace, trained_id: str, tmp_path: Path) -> None:
     root = backdoor_ws.root
     backdoor_ws.close()

@@ -241,6 +241,7 @@ def test_tampered_weights_are_refused(ws_copy: tuple[Path, str]) -> None:
 
 
 # -- 4. deferred erasure, verify, erase, and no re-ingest of erased content --------------------------------
+@pytest.mark.slow  # ~45 s of command-line runs; test_forget covers deferred erasure through the API
 def test_defer_erase_verify_erase_then_reingest_refused(ws_copy: tuple[Path, str], tmp_path: Path) -> None:
     """forget --defer-erase holds records; verify recomputes; erase erases; erased content cannot return."""
     root, parent = ws_copy
