@@ -51,7 +51,7 @@ def bootstrap(statistic: Statistic, *samples: np.ndarray, bounds: tuple[float, f
 
     A constant statistic gets a zero-width interval; a sample of fewer than two values gets ``bounds``.
     """
-    clean = [_finite(s) for s in samples]
+    clean = [finite_values(s) for s in samples]
     if any(s.size == 0 for s in clean):
         return Estimate(float("nan"), *bounds)
     value = float(statistic(*clean, axis=-1))
@@ -68,7 +68,7 @@ def bootstrap(statistic: Statistic, *samples: np.ndarray, bounds: tuple[float, f
 
 def proportion(hits: np.ndarray, *, level: float = LEVEL) -> Estimate:
     """The share of 0/1 ``hits`` that are 1, in percent, with Wilson's score interval (NaN dropped)."""
-    h = _finite(hits)
+    h = finite_values(hits)
     if h.size == 0:
         return Estimate(float("nan"), 0.0, 100.0)
     ci = stats.binomtest(int(np.rint(h.sum())), h.size).proportion_ci(confidence_level=level, method="wilson")
@@ -77,7 +77,7 @@ def proportion(hits: np.ndarray, *, level: float = LEVEL) -> Estimate:
 
 def proportion_difference(a: np.ndarray, b: np.ndarray, *, level: float = LEVEL) -> Estimate:
     """The share of 1s in ``a`` minus that in ``b``, in points, with Agresti and Caffo's interval (NaN dropped)."""
-    a, b = _finite(a), _finite(b)
+    a, b = finite_values(a), finite_values(b)
     if a.size == 0 or b.size == 0:
         return Estimate(float("nan"), -100.0, 100.0)
     pa, pb = (a.sum() + 1) / (a.size + 2), (b.sum() + 1) / (b.size + 2)
@@ -101,7 +101,7 @@ def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return (np.mean(a, axis=axis) - np.mean(b, axis=axis)) * 100
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
+def finite_values(values: np.ndarray) -> np.ndarray:
     """A 1-D float array without NaN (infinities keep their rank)."""
     arr = np.asarray(values, dtype=float).ravel()
     return arr[~np.isnan(arr)]

@@ -2,14 +2,14 @@
 saw the forget set scores, instead of running a fixed number of epochs.
 
 The rule is the reference-free judge (:mod:`.judge`) run on samples while the method trains: membership AUC at 50,
-forget/held-out accuracy parity, each effect probe at its base rate, each within its noise or closed by the
-thresholds' ``closure`` of the original's distance. Samples make it cheap and noisier than the certificate, so the
-certificate, measured on every record afterwards, still decides; the rule only says when more work would not help.
+forget/held-out accuracy parity, each effect probe at its base rate, each within its floor or half the original's
+noise (no credit for closing most of the distance), while held-out accuracy holds. Samples make it cheap and
+noisier than the certificate, so the certificate, measured on every record afterwards, still decides; the rule only
+says when more work would not help.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ import numpy as np
 from pyroaring import BitMap
 from torch import nn
 
-from ..evaluate.intervals import auc_statistic, mean_difference
+from ..evaluate.intervals import auc_statistic, finite_values, mean_difference
 from ..tasks import RecordDataset, Task
 from ..workspace import Workspace
 from .judge import (
@@ -35,8 +35,6 @@ from .judge import (
     judge,
 )
 from .probes import Probe
-
-log = logging.getLogger(__name__)
 
 SAMPLE = 256
 """Forget and matched held-out records the rule measures at each check (at most)."""
@@ -91,19 +89,16 @@ def _points(task: Task, model: nn.Module, forget: RecordDataset, matched: Record
     outcomes = [ProbeOutcomes.measure(p, model, task, test) for p in probes]
     on_forget, on_matched = task.evaluate(model, forget), task.evaluate(model, matched)
     key = task.figures.membership
-    values = {"membership": float(auc_statistic(_clean(on_forget[key]), _clean(on_matched[key]))),
-              "parity": float(mean_difference(_clean(on_forget["correct"]), _clean(on_matched["correct"])))}
+    values = {"membership": float(auc_statistic(finite_values(on_forget[key]), finite_values(on_matched[key]))),
+              "parity": float(mean_difference(finite_values(on_forget["correct"]),
+                                              finite_values(on_matched["correct"])))}
     if task.figures.verbatim is not None:
         v = task.figures.verbatim
-        values["verbatim"] = float(mean_difference(_clean(on_forget[v]), _clean(on_matched[v])))
+        values["verbatim"] = float(mean_difference(finite_values(on_forget[v]), finite_values(on_matched[v])))
     for i, o in enumerate(outcomes):
-        values[effect_key(probes, i)] = float(np.mean(_clean(o.hits)) * 100) if len(_clean(o.hits)) else math.nan
+        hits = finite_values(o.hits)
+        values[effect_key(probes, i)] = float(np.mean(hits) * 100) if len(hits) else math.nan
     return values, {k: e.value for k, e in heldout_targets(task, outcomes).items()}
-
-
-def _clean(values: np.ndarray) -> np.ndarray:
-    arr = np.asarray(values, dtype=float).ravel()
-    return arr[~np.isnan(arr)]
 
 
 def target_rule(ws: Workspace, task: Task, original: nn.Module, forget_ids: BitMap, *, purpose: str,
