@@ -59,7 +59,8 @@ def test_unlearn_a_users_model_from_their_loaders(users_model):
     # no held-out data, so no stopping rule: the whole budget runs, and the report says so
     fit = method.fit_result_
     assert method.report_ == {"stopping": {"stopped": "done", "steps": fit.steps, "epochs": fit.epochs,
-                                           "budget_steps": fit.steps, "why": "ran its whole budget of epochs"}}
+                                           "budget_steps": fit.steps, "why": "ran its whole budget of epochs",
+                                           "returns": 0, "kept_step": None}}
 
 
 def test_tensor_pairs_and_loaders_give_the_same_model(users_model):

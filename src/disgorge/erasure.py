@@ -317,8 +317,10 @@ def _refuse_unchanged(parent: ModelRow, child: ModelRow) -> None:
     if child.weights_sha256 != parent.weights_sha256:
         return
     stopped = (child.info.get("fit") or {}).get("stopped")
-    why = (" (its retain guard restored the original weights: the method could not move without losing retain "
-           "accuracy)" if stopped == "guard" else "")
+    why = {"guard": " (its retain guard restored the original weights: the method could not move without losing "
+                    "retain accuracy)",
+           "past": " (every state it measured went past the request's targets, so it kept the original weights: "
+                   "lower the learning rate)"}.get(stopped, "")
     raise NoChange(f"{child.method} left {parent.id} unchanged{why}; nothing was committed or erased. Lower the "
                    "learning rate (-o lr=...), raise -o max_retain_drop, or try --method auto or another method")
 
@@ -637,8 +639,8 @@ def unlearn_child(request: _Request, parent: ModelRow, method: Method) -> _Child
     parent_model, _, task = ws.load_model(parent.id)
     recipe = ws.recipe_of(parent)
     forget_ids, retain_ids = parent.records & request.ids, parent.records - request.ids
-    rule = target_rule(ws, task, parent_model, forget_ids, purpose=request.purpose, probes=request.probes,
-                       thresholds=request.thresholds, seed=recipe.seed)
+    rule = target_rule(ws, task, parent_model, forget_ids, purpose=request.purpose, retain_ids=retain_ids,
+                       probes=request.probes, thresholds=request.thresholds, seed=recipe.seed)
     unlearn_request = UnlearnRequest(task=task, forget=ws.dataset(task, forget_ids),
                                      retain=ws.dataset(task, retain_ids), train=recipe.train,
                                      data_info=parent.info["data"], seed=recipe.seed, stop_rule=rule)

@@ -117,8 +117,8 @@ def _stop_rule(p: dict[str, Any]) -> Any:
         held = p["held"]
         p["stop_rule"] = None if held is None else rule_for(
             p["task"], p["model"], p["forget"], held.matched, p["test"],
-            utility_records(held, p["test"], p["purpose"].name), purpose=p["purpose"].name, probes=p["probes"],
-            seed=p["recipe"].seed)
+            utility_records(held, p["test"], p["purpose"].name), purpose=p["purpose"].name, retain=p["retain"],
+            probes=p["probes"], seed=p["recipe"].seed)
     return p["stop_rule"]
 
 

@@ -23,7 +23,7 @@ from ..errors import DisgorgeError, InvalidRequest
 from ..models import adapters
 from ..spec import TrainSpec
 from ..tasks import RecordDataset, Task
-from ..training.loop import FitResult, Guard, LossFn, fit, total_steps, warm_up
+from ..training.loop import FitResult, Guard, LossFn, fit, restore, snapshot, total_steps, warm_up
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,6 +199,17 @@ class FineTuneConfig(GuardedConfig):
         return self.lora_rank
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a stopping rule measured on the model being unlearned: ``score``, its distance to the request's targets
+    in units of their limits (at most 1 on every figure: reached); ``done``, why the work is done (None: go on);
+    ``past``, which figure went beyond its target, to the side opposite the original's (None: none did)."""
+
+    score: float
+    done: str | None = None
+    past: str | None = None
+
+
 @dataclass
 class UnlearnRequest:
     """What a method needs to forget: the task, the forget and retain data, and the original training settings.
@@ -212,9 +223,10 @@ class UnlearnRequest:
     train: TrainSpec = field(default_factory=TrainSpec)
     data_info: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    stop_rule: Callable[[nn.Module], str | None] | None = None
-    """Says, given the model being unlearned, why the request's work is done (one line), or None to go on; the
-    workspace builds one from held-out data and the request's probes (:mod:`disgorge.evidence.stopping`)."""
+    stop_rule: Callable[[nn.Module], Reading | str | None] | None = None
+    """Measures the model being unlearned against the request's targets: a :class:`Reading`, a line saying why the
+    work is done, or None (nothing measured: go on). The workspace builds one from held-out data and the request's
+    probes (:mod:`disgorge.evidence.stopping`)."""
 
     def loader(self, which: str, *, batch_size: int | None = None, shuffle: bool = True) -> DataLoader:
         """A seeded DataLoader over ``forget`` or ``retain``."""
@@ -233,29 +245,108 @@ _WHY = {"done": "ran its whole budget of epochs", "max_steps": "reached max_step
         "max_seconds": "reached max_seconds", "guard": "the retain guard stopped it",
         "early_stop": "the method's own stopping test fired"}
 
+REFINEMENTS = 4
+"""How many times a run that went past its targets goes back to the closest state and approaches again, with
+checks four times as dense (then, once checked at every step, at half the learning rate)."""
+
+
+@dataclass
+class _State:
+    """A state of the run the rule measured: its score, step, weights and optimiser state."""
+
+    score: float
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
 
 class _RuleCheck:
     """The loop's ``should_stop``: the method's own test, and the request's stopping rule measured every
-    ``total / checks`` steps (its reason kept in ``why``). The rule stops only a model that also keeps its utility
-    (``utility``, the retain guard's check): reaching the forget targets by breaking the model is not done."""
+    ``total / checks`` steps (its reason kept in ``why``). Done stops only a model that also keeps its utility
+    (``utility``, the retain guard's check): reaching the forget targets by breaking the model is not done.
 
-    def __init__(self, rule: Callable[[nn.Module], str | None] | None, model: nn.Module, total: int | None,
-                 checks: int, own: Callable[[], bool] | None,
-                 utility: Callable[[nn.Module], bool] | None = None) -> None:
-        self.rule, self.model, self.total, self.own, self.utility = rule, model, total, own, utility
+    A dose that suits one request overshoots a smaller one, so the states the rule measures are kept by their
+    distance to the targets: when a figure goes past its target (membership AUC far below 50, say: the records
+    became recognisable as *not* trained on), the run goes back to the closest state and approaches again with
+    denser checks, and after :data:`REFINEMENTS` such returns ends on the closest state seen (``past``)."""
+
+    def __init__(self, rule: Callable[[nn.Module], Reading | str | None] | None, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, total: int | None, checks: int,
+                 own: Callable[[], bool] | None, utility: Callable[[nn.Module], bool] | None = None) -> None:
+        self.rule, self.model, self.optimizer, self.total = rule, model, optimizer, total
+        self.own, self.utility = own, utility
         self.every = max(1, math.ceil(total / checks)) if total else 10
-        self.steps, self.why = 0, ""
+        self.steps = self.last = self.refined = 0
+        self.why, self.past, self.kept = "", False, None
+        self.best: _State | None = None
+        if rule is not None:
+            first = self._read()
+            self.best = self._state(first.score if first is not None else math.inf)
+
+    def _read(self) -> Reading | None:
+        out = self.rule(self.model) if self.rule is not None else None
+        return Reading(0.0, done=out) if isinstance(out, str) else out
+
+    def _state(self, score: float) -> _State:
+        return _State(score, self.steps, snapshot(self.model), copy.deepcopy(self.optimizer.state_dict()))
+
+    def _back(self, state: _State) -> None:
+        restore(self.model, state.weights)
+        self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
 
     def __call__(self) -> bool:
         self.steps += 1
         if self.own is not None and self.own():
             return True
-        if self.rule is None or self.steps % self.every:
+        if self.rule is None or self.steps - self.last < self.every:
             return False
-        if self.utility is not None and not self.utility(self.model):
+        self.last = self.steps
+        reading = self._read()
+        if reading is None:
             return False
-        self.why = self.rule(self.model) or ""
-        return bool(self.why)
+        if reading.done:
+            if self.utility is not None and not self.utility(self.model):
+                return False
+            self.why = reading.done
+            return True
+        if reading.past is None:
+            if self.best is None or reading.score < self.best.score:
+                self.best = self._state(reading.score)
+            return False
+        return self._went_past(reading)
+
+    def _went_past(self, reading: Reading) -> bool:
+        if self.best is not None and self.refined < REFINEMENTS:
+            self.refined += 1
+            self._back(self.best)
+            if self.every > 1:
+                self.every = max(1, self.every // 4)
+            else:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["lr"] / 2
+            return False
+        self._end_past(reading)
+        return True
+
+    def _end_past(self, reading: Reading) -> None:
+        """Keep the closer of the current state and the closest one seen before, and say why."""
+        self.past = True
+        if self.best is None or reading.score <= self.best.score:
+            self.kept = self.steps
+            self.why = f"{reading.past}; no earlier state it measured was closer, so it kept this one"
+            return
+        self._back(self.best)
+        self.kept = self.best.step
+        self.why = (f"{reading.past}; after {self.refined} returns with denser checks it kept the state of step "
+                    f"{self.best.step}, the closest to the targets it measured")
+
+    def finish(self) -> None:
+        """After the loop: a final state beyond its targets is replaced by the closest state seen."""
+        if self.rule is None or self.why:
+            return
+        reading = self._read()
+        if reading is not None and reading.past is not None:
+            self._end_past(reading)
 
 
 class Method(ABC):
@@ -334,21 +425,25 @@ class Method(ABC):
         if not isinstance(cfg, BudgetConfig):
             raise TypeError(f"method {self.name!r} runs the training loop, so its Config must extend BudgetConfig")
         watch = self.retain_guard(model, request) if guard else None
-        rule = _RuleCheck(request.stop_rule if cfg.stop == "target" else None, model,
+        rule = _RuleCheck(request.stop_rule if cfg.stop == "target" else None, model, optimizer,
                           total_steps(loader, epochs, cfg.max_steps), cfg.checks, should_stop,
                           watch.check if watch is not None else None)
         result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
                      max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
                      guard=watch, accelerator=request.task.accelerator(request.train.precision),
                      should_stop=rule, **kwargs)
-        if result.stopped == "early_stop" and rule.why:
+        rule.finish()
+        if rule.past:
+            result.stopped = "past"
+        elif result.stopped == "early_stop" and rule.why:
             result.stopped = "target"
         if result.stopped == "guard" and isinstance(cfg, GuardedConfig):
             log.warning("%s: retain accuracy fell more than %g points below the original's; stopped after %d steps and "
                         "restored the last state that kept it (possibly the original weights: lower the learning "
                         "rate or raise max_retain_drop)", self.name, cfg.max_retain_drop, result.steps)
         self.report_["stopping"] = {"stopped": result.stopped, "steps": result.steps, "epochs": result.epochs,
-                                    "budget_steps": rule.total, "why": rule.why or _WHY.get(result.stopped, "")}
+                                    "budget_steps": rule.total, "why": rule.why or _WHY.get(result.stopped, ""),
+                                    "returns": rule.refined, "kept_step": rule.kept}
         self.fit_result_ = result
         return result
 

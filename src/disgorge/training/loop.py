@@ -3,6 +3,7 @@ methods supply the loss, not a copy of the loop."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import time
@@ -69,15 +70,15 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of what the loop can change: every weight that trains and every buffer (a frozen pretrained network
-    under a trained head is not copied at each epoch); :func:`_restore` puts it back."""
+    under a trained head is not copied at each epoch); :func:`restore` puts it back."""
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
 
 
-def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a :func:`_snapshot` back (frozen weights, which it leaves out, are as they were)."""
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`snapshot` back (frozen weights, which it leaves out, are as they were)."""
     model.load_state_dict(state, strict=False)
 
 
@@ -113,7 +114,8 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, optimizer: tor
     watch = _Watch(guard, model) if guard is not None else None
     with _progress.bar(description, total) as bar:
         while result.epochs < epochs and result.stopped == "done":
-            before = _snapshot(model), step.optimizer.state_dict()
+            # deep copies: the optimiser updates its state tensors in place
+            before = snapshot(model), copy.deepcopy(step.optimizer.state_dict())
             if _epoch(step, loader, result, bar, watch, budget):
                 result.epochs += 1
                 if after_epoch is not None:
@@ -183,7 +185,7 @@ class _Watch:
     """The guard's state: the last weights that passed its check and how many checks failed in a row since."""
 
     def __init__(self, guard: Guard, model: nn.Module) -> None:
-        self.guard, self.good, self.strikes = guard, _snapshot(model), 0
+        self.guard, self.good, self.strikes = guard, snapshot(model), 0
 
     def failed(self, model: nn.Module, steps: int) -> bool:
         """Check every ``guard.every`` steps; after ``patience`` failures in a row restore the last good state and
@@ -191,19 +193,19 @@ class _Watch:
         if steps % self.guard.every:
             return False
         if _finite(model) and self.guard.check(model):
-            self.good, self.strikes = _snapshot(model), 0
+            self.good, self.strikes = snapshot(model), 0
             return False
         self.strikes += 1
         if self.strikes < self.guard.patience:
             return False
-        _restore(model, self.good)
+        restore(model, self.good)
         return True
 
     def restore_if_failing(self, model: nn.Module) -> bool:
         """Replace a final state that fails the check by the last one that passed; whether it did."""
         if self.guard.check(model):
             return False
-        _restore(model, self.good)
+        restore(model, self.good)
         return True
 
 
@@ -238,7 +240,7 @@ def _recover(step: _Step, before: tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise NonFiniteLoss(f"{description}: loss or weights became non-finite {result.rollbacks} times"
                             " even after halving the learning rate; lower the learning rate")
     weights, optimizer_state = before
-    _restore(step.model, weights)
+    restore(step.model, weights)
     step.optimizer.load_state_dict(optimizer_state)
     for group in step.optimizer.param_groups:
         group["lr"] *= 0.5
@@ -261,4 +263,4 @@ def mean_loss(task: Any) -> LossFn:
     return lambda model, batch: task.per_example_loss(model, batch).mean()
 
 
-__all__ = ["FitResult", "Guard", "LossFn", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss"]
+__all__ = ["FitResult", "Guard", "LossFn", "NonFiniteLoss", "fit", "make_optimizer", "mean_loss", "restore", "snapshot"]
