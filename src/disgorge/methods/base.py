@@ -164,6 +164,8 @@ class BudgetConfig(MethodConfig):
                                  "(target; where the request gives a rule), or always run the whole budget (budget)",
                        choices=("target", "budget"))
     checks: int = option(10, "how many times over its budget the target rule is measured", low=1)
+    min_steps: int = option(100, "with a target rule in force, run at least this many steps of budget (more "
+                                 "epochs on a small data set; the rule decides when the work is done)", low=0)
 
 
 @dataclass
@@ -425,9 +427,14 @@ class Method(ABC):
         if not isinstance(cfg, BudgetConfig):
             raise TypeError(f"method {self.name!r} runs the training loop, so its Config must extend BudgetConfig")
         watch = self.retain_guard(model, request) if guard else None
-        rule = _RuleCheck(request.stop_rule if cfg.stop == "target" else None, model, optimizer,
-                          total_steps(loader, epochs, cfg.max_steps), cfg.checks, should_stop,
-                          watch.check if watch is not None else None)
+        stop_rule = request.stop_rule if cfg.stop == "target" else None
+        per_epoch = total_steps(loader, 1, None)
+        if stop_rule is not None and per_epoch:
+            # A small data set gives few steps per epoch, too small a dose to undo what training did; under a rule
+            # the budget is only a ceiling, so it is raised to min_steps.
+            epochs = max(epochs, math.ceil(cfg.min_steps / per_epoch))
+        rule = _RuleCheck(stop_rule, model, optimizer, total_steps(loader, epochs, cfg.max_steps), cfg.checks,
+                          should_stop, watch.check if watch is not None else None)
         result = fit(model, loader, loss, optimizer, epochs=epochs, max_steps=cfg.max_steps,
                      max_seconds=cfg.max_seconds, description=kwargs.pop("description", self.name),
                      guard=watch, accelerator=request.task.accelerator(request.train.precision),
