@@ -54,10 +54,10 @@ class TargetRule:
     """How far a model being unlearned is from the held-out targets of the request's decisive figures; called with
     the model, it returns a :class:`~disgorge.methods.base.Reading` (done, or gone past a target), or None when
     utility has dropped more than the certificate allows (``ta_limit``, ``ra_limit``). Done also needs utility
-    within the stricter ``max_drop`` and ``retain_drop``. ``limits`` hold, per figure, how close to its target the
-    figure must come, fixed from the original's intervals when the rule is made, so that each check measures point
-    values only (no bootstrap); ``sides`` the side of its target each figure started on (+1 above, -1 below, 0
-    within its limit)."""
+    within the stricter ``max_drop`` (held-out) and half ``ra_limit`` (retain: the sample is small, the loss goes
+    on). ``limits`` hold, per figure, how close to its target the figure must come, fixed from the original's
+    intervals when the rule is made, so that each check measures point values only (no bootstrap); ``sides`` the
+    side of its target each figure started on (+1 above, -1 below, 0 within its limit)."""
 
     task: Task
     forget: RecordDataset
@@ -71,7 +71,6 @@ class TargetRule:
     retain: RecordDataset | None = None
     retain_original: float = math.nan
     max_drop: float = UTILITY_DROP
-    retain_drop: float = 2.5
     ta_limit: float = 3.0
     ra_limit: float = 5.0
 
@@ -95,7 +94,7 @@ class TargetRule:
         score = max(abs(g) for g in gaps.values())
         if past:
             return Reading(score, past="; ".join(past))
-        if score > 1 or lost > self.max_drop or lost_retain > self.retain_drop:
+        if score > 1 or lost > self.max_drop or lost_retain > self.ra_limit / 2:
             return Reading(score)  # not there yet, or utility still to repair
         said = "; ".join(f"{f} {values[f]:.1f} (target {targets[f]:.1f})" for f in self.limits)
         return Reading(score, done="the decisive figures reached their held-out targets on a sample: " + said
@@ -167,14 +166,11 @@ def rule_for(task: Task, original: nn.Module, forget: RecordDataset, matched: Re
     limits = {f: max(thresholds.floor(f), 0.5 * c["noise"]) for f, c in checks.items()}
     sides = {f: 0 if abs(c["figure"] - c["target"]) <= limits[f] else int(np.sign(c["figure"] - c["target"]))
              for f, c in checks.items()}
-    rule = TargetRule(task, forget, matched, test, probes, limits, sides, utility,
-                      task.quick_accuracy(original, utility), ta_limit=thresholds.ta_drop,
-                      ra_limit=thresholds.ra_drop)
-    if retain is not None and len(retain):
-        rule.retain = _draw(retain, 2 * sample, rng)
-        rule.retain_original = task.quick_accuracy(original, rule.retain)
-        rule.retain_drop = thresholds.ra_drop / 2  # half the certificate's: the sample is small, the loss goes on
-    return rule
+    kept = _draw(retain, 2 * sample, rng) if retain is not None and len(retain) else None
+    return TargetRule(task, forget, matched, test, probes, limits, sides, utility,
+                      task.quick_accuracy(original, utility), kept,
+                      task.quick_accuracy(original, kept) if kept is not None else math.nan,
+                      ta_limit=thresholds.ta_drop, ra_limit=thresholds.ra_drop)
 
 
 def utility_records(held: HeldOut, test: RecordDataset, purpose: str) -> RecordDataset:
